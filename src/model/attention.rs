@@ -1,0 +1,109 @@
+//! Multi-head attention as in BART (`BartAttention`), used for encoder self-attention and for
+//! the NAR decoder's bidirectional self-attention and cross-attention.
+//!
+//! Shapes: queries `[batch, tq, d]`, keys/values `[batch, heads, tk, head_dim]`, additive mask
+//! broadcastable to `[batch, heads, tq, tk]` (usually `[batch, 1, 1, tk]` for padding).
+//! Keys and values are exposed separately ([`Attention::key_value`]) so the decoder can compute
+//! them once for all tokens while computing queries only for the tokens that have not exited
+//! (paper section 3.2, hard early exit), and so cross-attention keys/values of a fixed encoder
+//! output can be cached across decoder calls.
+
+use candle_core::Tensor;
+
+use super::nn::{dropout, softmax_last, Linear, Mode, Weights};
+use crate::error::Result;
+
+/// Keys and values of one attention layer, `[batch, heads, len, head_dim]` each.
+#[derive(Debug, Clone)]
+pub struct KeyValue {
+    /// Keys `[batch, heads, len, head_dim]`.
+    pub k: Tensor,
+    /// Values `[batch, heads, len, head_dim]`.
+    pub v: Tensor,
+}
+
+/// BART multi-head attention: `q_proj`, `k_proj`, `v_proj`, `out_proj` (all with bias).
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    num_heads: usize,
+    head_dim: usize,
+    scaling: f64,
+    dropout: f64,
+}
+
+impl Attention {
+    /// Loads `{prefix}.{q,k,v,out}_proj.{weight,bias}`.
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        d_model: usize,
+        num_heads: usize,
+        dropout: f64,
+    ) -> Result<Self> {
+        let head_dim = d_model / num_heads;
+        Ok(Self {
+            q_proj: Linear::load(w, &format!("{prefix}.q_proj"), true)?,
+            k_proj: Linear::load(w, &format!("{prefix}.k_proj"), true)?,
+            v_proj: Linear::load(w, &format!("{prefix}.v_proj"), true)?,
+            out_proj: Linear::load(w, &format!("{prefix}.out_proj"), true)?,
+            num_heads,
+            head_dim,
+            scaling: (head_dim as f64).powf(-0.5),
+            dropout,
+        })
+    }
+
+    fn split_heads(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        x.reshape((b, t, self.num_heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// Projects `x` `[batch, len, d]` to keys and values.
+    pub fn key_value(&self, x: &Tensor) -> candle_core::Result<KeyValue> {
+        Ok(KeyValue {
+            k: self.split_heads(&self.k_proj.forward(x)?)?,
+            v: self.split_heads(&self.v_proj.forward(x)?)?,
+        })
+    }
+
+    /// Attends queries from `x_q` `[batch, tq, d]` over `kv`; returns `[batch, tq, d]`.
+    pub fn attend(
+        &self,
+        x_q: &Tensor,
+        kv: &KeyValue,
+        mask: Option<&Tensor>,
+        mode: Mode,
+    ) -> candle_core::Result<Tensor> {
+        let (b, tq, d) = x_q.dims3()?;
+        let q = (self.q_proj.forward(x_q)? * self.scaling)?;
+        let q = self.split_heads(&q)?;
+        let scores = q.matmul(&kv.k.t()?)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = softmax_last(&scores, mode)?;
+        let probs = dropout(&probs, self.dropout, mode)?;
+        let ctx = probs.matmul(&kv.v)?;
+        let ctx = ctx.transpose(1, 2)?.reshape((b, tq, d))?;
+        self.out_proj.forward(&ctx)
+    }
+
+    /// Self- or cross-attention in one call: keys/values from `x_kv`, queries from `x_q`.
+    pub fn forward(
+        &self,
+        x_q: &Tensor,
+        x_kv: &Tensor,
+        mask: Option<&Tensor>,
+        mode: Mode,
+    ) -> candle_core::Result<Tensor> {
+        let kv = self.key_value(x_kv)?;
+        self.attend(x_q, &kv, mask, mode)
+    }
+}

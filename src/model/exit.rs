@@ -1,0 +1,106 @@
+//! Exit policies (paper sections 3.2-3.3) and the decoder's output.
+//!
+//! Every policy runs in one parallel decoder pass over the whole target slot:
+//! - [`ExitPolicy::LastLayer`]: plain NAR, every token exits at layer L;
+//! - [`ExitPolicy::Fixed`]: a given exit layer per token (the LPLM assignment);
+//! - [`ExitPolicy::Hard`]: a token exits at the first layer whose off-ramp entropy is below the
+//!   threshold; layer L takes the rest;
+//! - [`ExitPolicy::Soft`]: every layer's off-ramp argmax is embedded and fed back through
+//!   `concat_head`; every token exits at L.
+//!
+//! A token exiting at layer l keeps its state `h^l` in all higher layers, where it is still
+//! read as key/value but never updated; its prediction is the off-ramp of `h^l`. Layers are
+//! counted from 1 as in the paper.
+
+use candle_core::Tensor;
+
+/// How tokens leave the decoder.
+#[derive(Debug, Clone)]
+pub enum ExitPolicy {
+    /// Every token exits at the last layer L.
+    LastLayer,
+    /// Exit layer per token, `[batch, target_len]` u32 with values in `1..=L`.
+    Fixed(Tensor),
+    /// Exit at the first layer whose off-ramp entropy (nats) is below `threshold`
+    /// (the paper uses 0.5); the last layer takes the rest.
+    Hard {
+        /// Entropy threshold delta in nats; a token exits when `H < threshold`.
+        threshold: f64,
+    },
+    /// Soft early exit: off-ramp predictions fed back through `concat_head`.
+    Soft,
+}
+
+impl ExitPolicy {
+    /// Short name: `last`, `fixed`, `hard:<t>` or `soft`.
+    pub fn name(&self) -> String {
+        match self {
+            ExitPolicy::LastLayer => "last".into(),
+            ExitPolicy::Fixed(_) => "fixed".into(),
+            ExitPolicy::Hard { threshold } => format!("hard:{threshold}"),
+            ExitPolicy::Soft => "soft".into(),
+        }
+    }
+}
+
+/// Soft-exit teacher forcing for fine-tuning (paper section 3.3): where `use_gold` is 1, the
+/// gold label's embedding replaces the off-ramp prediction fed to the next layer.
+#[derive(Debug, Clone)]
+pub struct SoftTeacher {
+    /// Gold label ids `[batch, target_len]` u32 (the token each position should predict).
+    pub gold: Tensor,
+    /// `[batch, target_len]` u8: 1 to feed the gold label, 0 to feed the prediction.
+    pub use_gold: Tensor,
+}
+
+/// What a decoder call computes and returns.
+#[derive(Debug, Clone)]
+pub struct DecodeOptions {
+    /// The exit policy.
+    pub policy: ExitPolicy,
+    /// Return each token's logits at its exit layer, `[batch, target_len, vocab]`.
+    pub output_logits: bool,
+    /// Return every off-ramp's logits (one `[batch, target_len, vocab]` per layer 1..=L).
+    /// For [`ExitPolicy::Soft`] these are the logits whose argmax was fed back (layers
+    /// 1..L-1) followed by the final ones. Not available with [`ExitPolicy::Hard`].
+    pub output_offramp_logits: bool,
+    /// Soft-exit teacher forcing (training only; ignored by other policies).
+    pub soft_teacher: Option<SoftTeacher>,
+}
+
+impl DecodeOptions {
+    /// Options for `policy`, returning ids and exit layers only.
+    pub fn new(policy: ExitPolicy) -> Self {
+        Self {
+            policy,
+            output_logits: false,
+            output_offramp_logits: false,
+            soft_teacher: None,
+        }
+    }
+
+    /// Also return the exit-layer logits.
+    pub fn with_logits(mut self) -> Self {
+        self.output_logits = true;
+        self
+    }
+
+    /// Also return every off-ramp's logits.
+    pub fn with_offramp_logits(mut self) -> Self {
+        self.output_offramp_logits = true;
+        self
+    }
+}
+
+/// Result of one NAR decoder pass.
+#[derive(Debug, Clone)]
+pub struct DecoderOutput {
+    /// Predicted ids `[batch, target_len]` u32: argmax of each token's exit-layer off-ramp.
+    pub ids: Tensor,
+    /// Exit layer of each token `[batch, target_len]` u32, in `1..=L`.
+    pub exit_layers: Tensor,
+    /// Exit-layer logits `[batch, target_len, vocab]` when requested.
+    pub logits: Option<Tensor>,
+    /// Per-layer off-ramp logits (L tensors `[batch, target_len, vocab]`) when requested.
+    pub offramp_logits: Option<Vec<Tensor>>,
+}

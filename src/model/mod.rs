@@ -1,0 +1,332 @@
+//! The ELMER model (paper section 3): a BART encoder and a non-autoregressive decoder with an
+//! off-ramp after every layer.
+//!
+//! ```no_run
+//! use elmer::{ElmerModel, ExitPolicy, LoadOptions};
+//! use candle_core::Tensor;
+//!
+//! let model = ElmerModel::from_dir("path/to/elmer", &LoadOptions::default())?;
+//! let ids = Tensor::new(&[[0u32, 31414, 232, 2]], model.device())?;
+//! let enc = model.encode(&ids, None)?; // encode once ...
+//! for policy in [ExitPolicy::LastLayer, ExitPolicy::Hard { threshold: 0.5 }] {
+//!     // ... decode many times: [batch, 32] ids and exit layers
+//!     let out = model.generate_ids(&enc, 32, policy)?;
+//!     println!("{:?} {:?}", out.ids.to_vec2::<u32>()?, out.exit_layers.to_vec2::<u32>()?);
+//! }
+//! # Ok::<(), elmer::Error>(())
+//! ```
+//!
+//! Shapes: source ids `[batch, S]` u32 with mask `[batch, S]` (1 keep, 0 pad), encoder states
+//! `[batch, S, d]`, target slot `[batch, T]`, logits `[batch, T, vocab]`.
+
+pub mod attention;
+pub mod decoder;
+pub mod embedding;
+pub mod encoder;
+pub mod exit;
+pub mod nn;
+pub mod offramp;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::ElmerConfig;
+use crate::error::{Error, Result};
+use attention::KeyValue;
+use decoder::{Decoder, EncoderSide};
+use encoder::Encoder;
+use exit::{DecodeOptions, DecoderOutput, ExitPolicy};
+use nn::{additive_padding_mask, Mode, Weights};
+
+/// The encoder's output, reusable across decoder calls ("encode once, decode many").
+#[derive(Debug, Clone)]
+pub struct EncoderOutput {
+    /// Encoder states `[batch, S, d]`.
+    pub hidden: Tensor,
+    /// Additive source mask `[batch, 1, 1, S]`, `None` when nothing is padding.
+    pub mask: Option<Tensor>,
+    /// Cross-attention keys/values per decoder layer, when cached with
+    /// [`ElmerModel::cache_cross_attention`].
+    cross: Option<Vec<KeyValue>>,
+}
+
+impl EncoderOutput {
+    /// Batch size.
+    pub fn batch_size(&self) -> usize {
+        self.hidden.dims()[0]
+    }
+
+    /// Whether the cross-attention keys/values are cached.
+    pub fn has_cross_attention_cache(&self) -> bool {
+        self.cross.is_some()
+    }
+}
+
+/// An ELMER encoder-decoder with off-ramps, ready to run.
+#[derive(Debug, Clone)]
+pub struct ElmerModel {
+    config: ElmerConfig,
+    encoder: Encoder,
+    decoder: Decoder,
+    device: Device,
+    dtype: DType,
+}
+
+impl ElmerModel {
+    /// Builds the model from validated, canonically named tensors (see [`crate::checkpoint`]).
+    pub fn from_weights(config: ElmerConfig, weights: &Weights) -> Result<Self> {
+        config.validate()?;
+        let shared = weights.get("shared.weight")?;
+        let output = if config.tie_word_embeddings {
+            shared.clone()
+        } else {
+            weights
+                .get_opt("lm_head.weight")
+                .unwrap_or_else(|| shared.clone())
+        };
+        let encoder = Encoder::load(weights, &config, shared.clone())?;
+        let decoder = Decoder::load(weights, &config, shared.clone(), output)?;
+        Ok(Self {
+            device: shared.device().clone(),
+            dtype: shared.dtype(),
+            config,
+            encoder,
+            decoder,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ElmerConfig {
+        &self.config
+    }
+
+    /// Device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Compute dtype (the weights' dtype).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Number of decoder layers L (exit layers are 1..=L).
+    pub fn num_decoder_layers(&self) -> usize {
+        self.decoder.num_layers()
+    }
+
+    /// Whether soft exit is available (`concat_head` loaded).
+    pub fn has_concat_head(&self) -> bool {
+        self.decoder.has_concat_head()
+    }
+
+    /// The decoder (layers and off-ramps).
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// Longest source the encoder's position table covers.
+    pub fn max_source_len(&self) -> usize {
+        self.encoder.max_len()
+    }
+
+    /// Longest target slot the decoder's position table covers.
+    pub fn max_target_len(&self) -> usize {
+        self.decoder.max_len()
+    }
+
+    fn check_ids(&self, ids: &Tensor, name: &str) -> Result<Tensor> {
+        let (b, s) = ids.dims2().map_err(|_| {
+            Error::invalid_arg(
+                name,
+                format!("expected [batch, len], got shape {:?}", ids.dims()),
+            )
+        })?;
+        if b == 0 || s == 0 {
+            return Err(Error::invalid_arg(
+                name,
+                format!("empty batch or sequence (shape [{b}, {s}])"),
+            ));
+        }
+        let ids = match ids.dtype() {
+            DType::U32 => ids.clone(),
+            DType::I64 | DType::U8 => ids.to_dtype(DType::U32)?,
+            other => {
+                return Err(Error::invalid_arg(
+                    name,
+                    format!("token ids must be u32 or i64, got {other:?}"),
+                ))
+            }
+        };
+        let ids = ids.to_device(&self.device)?;
+        let max = ids.max_all()?.to_scalar::<u32>()?;
+        if max as usize >= self.config.vocab_size {
+            return Err(Error::invalid_arg(
+                name,
+                format!(
+                    "token id {max} is outside the vocabulary (vocab_size {})",
+                    self.config.vocab_size
+                ),
+            ));
+        }
+        Ok(ids)
+    }
+
+    fn check_mask(
+        &self,
+        mask: Option<&Tensor>,
+        ids: &Tensor,
+        name: &str,
+    ) -> Result<Option<Tensor>> {
+        match mask {
+            None => Ok(None),
+            Some(m) => {
+                if m.dims() != ids.dims() {
+                    return Err(Error::invalid_arg(
+                        name,
+                        format!(
+                            "shape {:?} differs from the ids' {:?}",
+                            m.dims(),
+                            ids.dims()
+                        ),
+                    ));
+                }
+                Ok(additive_padding_mask(
+                    &m.to_device(&self.device)?,
+                    self.dtype,
+                )?)
+            }
+        }
+    }
+
+    /// Encodes `input_ids` `[batch, S]` (u32 or i64) with an optional padding mask `[batch, S]`
+    /// (1 keep, 0 pad).
+    pub fn encode(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<EncoderOutput> {
+        self.encode_with_mode(input_ids, attention_mask, Mode::Eval)
+    }
+
+    /// [`encode`](Self::encode) in an explicit [`Mode`] (training enables dropout).
+    pub fn encode_with_mode(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        mode: Mode,
+    ) -> Result<EncoderOutput> {
+        let ids = self.check_ids(input_ids, "input_ids")?;
+        let mask = self.check_mask(attention_mask, &ids, "attention_mask")?;
+        let hidden = self.encoder.forward(&ids, mask.as_ref(), mode)?;
+        Ok(EncoderOutput {
+            hidden,
+            mask,
+            cross: None,
+        })
+    }
+
+    /// Computes and stores the cross-attention keys/values of every decoder layer in `enc`,
+    /// so repeated decoder calls on the same encoder output skip that work.
+    pub fn cache_cross_attention(&self, enc: &mut EncoderOutput) -> Result<()> {
+        enc.cross = Some(self.cross_kv(&enc.hidden)?);
+        Ok(())
+    }
+
+    fn cross_kv(&self, hidden: &Tensor) -> Result<Vec<KeyValue>> {
+        Ok(self
+            .decoder
+            .layers()
+            .iter()
+            .map(|l| l.cross_key_value(hidden))
+            .collect::<candle_core::Result<Vec<_>>>()?)
+    }
+
+    /// The NAR decoder input for a slot of `target_len`: `[<s>, <mask>, ..., <mask>]`,
+    /// `[batch, target_len]` u32.
+    pub fn slot_input(&self, batch: usize, target_len: usize) -> Result<Tensor> {
+        if target_len == 0 {
+            return Err(Error::invalid_arg("target_len", "must be at least 1"));
+        }
+        if target_len > self.max_target_len() {
+            return Err(Error::invalid_arg(
+                "target_len",
+                format!(
+                    "{target_len} exceeds the decoder position table ({})",
+                    self.max_target_len()
+                ),
+            ));
+        }
+        let mask = self.config.mask_token_id();
+        let mut row = vec![mask; target_len];
+        row[0] = self.config.bos_token_id;
+        let data: Vec<u32> = (0..batch).flat_map(|_| row.iter().copied()).collect();
+        Ok(Tensor::from_vec(data, (batch, target_len), &self.device)?)
+    }
+
+    /// Runs the NAR decoder over `decoder_input_ids` `[batch, T]` with an optional target
+    /// padding mask `[batch, T]`.
+    pub fn decode(
+        &self,
+        enc: &EncoderOutput,
+        decoder_input_ids: &Tensor,
+        decoder_attention_mask: Option<&Tensor>,
+        opts: &DecodeOptions,
+    ) -> Result<DecoderOutput> {
+        self.decode_with_mode(
+            enc,
+            decoder_input_ids,
+            decoder_attention_mask,
+            opts,
+            Mode::Eval,
+        )
+    }
+
+    /// [`decode`](Self::decode) in an explicit [`Mode`].
+    pub fn decode_with_mode(
+        &self,
+        enc: &EncoderOutput,
+        decoder_input_ids: &Tensor,
+        decoder_attention_mask: Option<&Tensor>,
+        opts: &DecodeOptions,
+        mode: Mode,
+    ) -> Result<DecoderOutput> {
+        let ids = self.check_ids(decoder_input_ids, "decoder_input_ids")?;
+        let (b, _) = ids.dims2()?;
+        if b != enc.batch_size() {
+            return Err(Error::invalid_arg(
+                "decoder_input_ids",
+                format!(
+                    "batch {b} differs from the encoder batch {}",
+                    enc.batch_size()
+                ),
+            ));
+        }
+        let self_mask = self.check_mask(decoder_attention_mask, &ids, "decoder_attention_mask")?;
+        let computed;
+        let cross = match &enc.cross {
+            Some(c) => c.as_slice(),
+            None => {
+                computed = self.cross_kv(&enc.hidden)?;
+                computed.as_slice()
+            }
+        };
+        let side = EncoderSide {
+            mask: enc.mask.as_ref(),
+            cross,
+        };
+        self.decoder
+            .forward(&side, &ids, self_mask.as_ref(), opts, mode)
+    }
+
+    /// Decodes a fresh slot of `target_len` (`[<s>, <mask>...]`) for every example of `enc`
+    /// with `policy`, returning ids and exit layers `[batch, target_len]`.
+    pub fn generate_ids(
+        &self,
+        enc: &EncoderOutput,
+        target_len: usize,
+        policy: ExitPolicy,
+    ) -> Result<DecoderOutput> {
+        let slot = self.slot_input(enc.batch_size(), target_len)?;
+        self.decode(enc, &slot, None, &DecodeOptions::new(policy))
+    }
+}

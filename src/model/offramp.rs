@@ -1,0 +1,82 @@
+//! Off-ramps (paper section 3.2): after every decoder layer l an off-ramp predicts
+//! `p(y_t | h_t^l) = softmax(W_c h_t^l + final_logits_bias)`.
+//!
+//! With [`OffRampKind::Shared`] (pre-training, the default) every layer uses the tied output
+//! projection (the shared embedding `[vocab, d]`) and `final_logits_bias` `[vocab]`; with
+//! [`OffRampKind::PerLayer`] each layer has its own projection and bias. The same definition is
+//! used everywhere: entropies, argmaxes and the soft-exit feedback all include the bias.
+//!
+//! Shapes: hidden `[.., d]` -> logits `[.., vocab]`.
+
+use candle_core::{DType, Tensor, D};
+
+use super::nn::{Linear, Weights};
+use crate::config::{ElmerConfig, OffRampKind};
+use crate::error::{Error, Result};
+
+/// The decoder's off-ramps, one per layer (possibly all the same projection).
+#[derive(Debug, Clone)]
+pub struct OffRamps {
+    kind: OffRampKind,
+    shared: Linear,
+    per_layer: Vec<Linear>,
+    num_layers: usize,
+}
+
+impl OffRamps {
+    /// Builds the off-ramps. `shared` is the output projection `[vocab, d]` (the tied embedding
+    /// or `lm_head.weight`); `final_logits_bias` `[1, vocab]` is read when present (zeros
+    /// otherwise, as a bare `BartModel` has none).
+    pub fn load(w: &Weights, cfg: &ElmerConfig, shared: Tensor) -> Result<Self> {
+        let vocab = cfg.vocab_size;
+        let bias = match w.get_opt("final_logits_bias") {
+            Some(b) => b.reshape(vocab)?,
+            None => Tensor::zeros(vocab, shared.dtype(), shared.device())?,
+        };
+        let per_layer = match cfg.elmer_offramps {
+            OffRampKind::Shared => Vec::new(),
+            OffRampKind::PerLayer => (0..cfg.decoder_layers)
+                .map(|i| Linear::load(w, &format!("offramps.{i}"), true))
+                .collect::<Result<Vec<_>>>()?,
+        };
+        Ok(Self {
+            kind: cfg.elmer_offramps,
+            shared: Linear::from_tensors(shared, Some(bias)),
+            per_layer,
+            num_layers: cfg.decoder_layers,
+        })
+    }
+
+    /// Shared or per layer.
+    pub fn kind(&self) -> OffRampKind {
+        self.kind
+    }
+
+    /// Logits `[.., vocab]` of the off-ramp after layer `layer` (1-based, 1..=L) for `h` `[.., d]`.
+    pub fn logits(&self, layer: usize, h: &Tensor) -> Result<Tensor> {
+        if layer == 0 || layer > self.num_layers {
+            return Err(Error::invalid_arg(
+                "layer",
+                format!("off-ramp layer {layer} is outside 1..={}", self.num_layers),
+            ));
+        }
+        let ramp = match self.kind {
+            OffRampKind::Shared => &self.shared,
+            OffRampKind::PerLayer => &self.per_layer[layer - 1],
+        };
+        Ok(ramp.forward(h)?)
+    }
+}
+
+/// Entropy `H = -sum_v p_v ln p_v` (nats) of `softmax(logits)` over the last dimension,
+/// computed in f32 as `logsumexp(x) - sum_v p_v x_v`. `[.., vocab] -> [..]`.
+pub fn entropy(logits: &Tensor) -> candle_core::Result<Tensor> {
+    let x = logits.to_dtype(DType::F32)?;
+    let m = x.max_keepdim(D::Minus1)?;
+    let shifted = x.broadcast_sub(&m)?;
+    let e = shifted.exp()?;
+    let z = e.sum_keepdim(D::Minus1)?;
+    let ex = (e * &shifted)?.sum_keepdim(D::Minus1)?;
+    let h = (z.log()? - ex.broadcast_div(&z)?)?;
+    h.squeeze(D::Minus1)
+}
