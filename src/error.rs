@@ -59,6 +59,10 @@ pub enum Error {
     #[error("model hub: {0}")]
     Hub(String),
 
+    /// Metric inputs of mismatched lengths or without references.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
+
     /// An error from the tensor library.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -13,15 +13,26 @@
 //! - [`config`]: the BART `config.json` plus ELMER options;
 //! - [`model`]: encoder, NAR decoder, off-ramps, exit policies;
 //! - [`checkpoint`]: loading (safetensors, sharded, `pytorch_model.bin`; both name layouts)
-//!   and saving in the Hugging Face layout; [`hub`] downloads (feature `hub`).
+//!   and saving in the Hugging Face layout; `hub` downloads (feature `hub`);
+//! - [`tokenizer`]: the BART byte-level BPE tokenizer;
+//! - [`generate`]: batched generation from text or ids, exit statistics;
+//! - [`metrics`]: ROUGE, BLEU, METEOR and Distinct, matched to the reference scorers.
 
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod generate;
 #[cfg(feature = "hub")]
 pub mod hub;
+pub mod metrics;
 pub mod model;
+pub mod tokenizer;
+pub mod train;
 pub mod util;
+
+/// Checkpoint directory used when a command is given no `--model`: the small ELMER model
+/// that ships with the crate (relative to the working directory).
+pub const DEFAULT_MODEL_DIR: &str = "models/elmer-small-squadqg";
 
 pub use checkpoint::{LoadOptions, LoadReport};
 pub use config::{Activation, ElmerConfig, OffRampKind};
@@ -29,3 +40,4 @@ pub use error::{Error, Result};
 pub use model::exit::{DecodeOptions, DecoderOutput, ExitPolicy, SoftTeacher};
 pub use model::nn::Mode;
 pub use model::{ElmerModel, EncoderOutput};
+pub use tokenizer::BartTokenizer;

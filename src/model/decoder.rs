@@ -63,6 +63,36 @@ impl DecoderLayer {
         })
     }
 
+    /// The self-attention block.
+    pub fn self_attn(&self) -> &Attention {
+        &self.self_attn
+    }
+
+    /// The layer norm after self-attention.
+    pub fn self_attn_layer_norm(&self) -> &LayerNorm {
+        &self.self_attn_layer_norm
+    }
+
+    /// The cross-attention block.
+    pub fn encoder_attn(&self) -> &Attention {
+        &self.encoder_attn
+    }
+
+    /// The layer norm after cross-attention.
+    pub fn encoder_attn_layer_norm(&self) -> &LayerNorm {
+        &self.encoder_attn_layer_norm
+    }
+
+    /// The feed-forward block.
+    pub fn ffn(&self) -> &FeedForward {
+        &self.ffn
+    }
+
+    /// The layer norm after the feed-forward block.
+    pub fn final_layer_norm(&self) -> &LayerNorm {
+        &self.final_layer_norm
+    }
+
     /// Cross-attention keys/values of the encoder output `[batch, S, d]`.
     pub fn cross_key_value(&self, encoder_hidden: &Tensor) -> candle_core::Result<KeyValue> {
         self.encoder_attn.key_value(encoder_hidden)
@@ -150,6 +180,11 @@ impl Decoder {
         self.embeddings.max_len()
     }
 
+    /// The token + position embeddings of the decoder input.
+    pub fn embeddings(&self) -> &Embeddings {
+        &self.embeddings
+    }
+
     /// The off-ramps.
     pub fn offramps(&self) -> &OffRamps {
         &self.offramps
@@ -158,6 +193,11 @@ impl Decoder {
     /// Whether a soft-exit `concat_head` is loaded.
     pub fn has_concat_head(&self) -> bool {
         self.concat_head.is_some()
+    }
+
+    /// The soft-exit `concat_head` (`[d, 2d]`, no bias), when loaded.
+    pub fn concat_head(&self) -> Option<&Linear> {
+        self.concat_head.as_ref()
     }
 
     /// The decoder layers.
@@ -355,11 +395,17 @@ impl Decoder {
         let mut ramps = Vec::new();
         for i in 0..n {
             let l = (i + 1) as u32;
-            let new = self.layer(i, &h, &h, self_mask, enc, mode)?;
-            // Tokens with exit >= l take the new state; the others keep their copied state.
+            // Tokens that exited below layer l enter it as copies of their exit state,
+            // detached when configured (no layer above the exit layer sends gradient back).
             let keep = exits.ge(l)?.unsqueeze(2)?.broadcast_as((b, t, d))?;
-            let prev = if detach { h.detach() } else { h };
-            h = keep.where_cond(&new, &prev)?;
+            let h_in = if detach {
+                keep.where_cond(&h, &h.detach())?
+            } else {
+                h
+            };
+            let new = self.layer(i, &h_in, &h_in, self_mask, enc, mode)?;
+            // Tokens with exit >= l take the new state; the others keep their copied state.
+            h = keep.where_cond(&new, &h_in)?;
             // The (non-detached) state at each token's exit layer, for its prediction.
             exit_state = Some(match exit_state {
                 None => new,

@@ -52,6 +52,21 @@ impl Embeddings {
         self.max_len
     }
 
+    /// The learned position table `[max_len + 2, d]` (row `p + 2` is position `p`).
+    pub fn positions(&self) -> &Tensor {
+        &self.positions
+    }
+
+    /// `layernorm_embedding`.
+    pub fn layer_norm(&self) -> &LayerNorm {
+        &self.layer_norm
+    }
+
+    /// Multiplier of the token vectors (`sqrt(d_model)` or 1).
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
     /// The shared token table `[vocab, d]`.
     pub fn tokens(&self) -> &Tensor {
         &self.tokens

@@ -20,6 +20,7 @@
 //! `[batch, S, d]`, target slot `[batch, T]`, logits `[batch, T, vocab]`.
 
 pub mod attention;
+pub mod autoregressive;
 pub mod decoder;
 pub mod embedding;
 pub mod encoder;

@@ -1,0 +1,871 @@
+//! METEOR 1.5 (Denkowski & Lavie, 2014), as reported by the non-autoregressive
+//! generation papers: `meteor-1.5.jar - - -stdio -l en -norm` driven by
+//! `pycocoevalcap.meteor.Meteor`, whose reported number is the jar's aggregate
+//! `EVAL` score (METEOR of the *summed* sufficient statistics, not a mean of
+//! segment scores).
+//!
+//! # What is reproduced
+//!
+//! * **Normalisation** (`-norm`): the jar's `Normalizer.normalizeLine` for English
+//!   with punctuation kept (Moses-style tokenisation, quote/dash normalisation, dashes
+//!   between words removed, English contractions split right, non-breaking prefixes,
+//!   `U.S.` -> `US`), then lower-casing, then whitespace tokenisation.
+//! * **Matchers** (in this order; module index = weight index):
+//!   0. exact (always), 1. stem (always; Snowball English / Porter2, the
+//!   `org.tartarus.snowball.ext.englishStemmer` the jar uses), 2. synonym (WordNet
+//!   synsets + WordNet morphology, only when [`Meteor::with_synonym_dir`] is used),
+//!   3. paraphrase (phrase table, only when [`Meteor::with_paraphrase_table`] is used).
+//!   Like the jar, a stem/synonym match is only added for *different* surface words,
+//!   every module proposes all its candidate matches, and when hypothesis and
+//!   reference are token-identical only the exact module runs.
+//! * **Alignment**: the jar's left-to-right beam search (beam 40) over reference
+//!   positions. One-to-one matches that are the only candidate for both words are fixed
+//!   first. Partial alignments are ranked by (more weighted matched words, fewer chunks,
+//!   smaller summed |ref pos - hyp pos|), with the search weights exact 1.0 and 0.5 for
+//!   every other module, accumulated in an `int` exactly like the Java code (so a single
+//!   one-word stem/synonym match adds `floor(x + 0.5) - x`), and including the jar's
+//!   quirk of charging the distance of a newly chosen match to the *parent* path.
+//!   Java's `Collections.sort` is stable and so is ours.
+//! * **Score** (per segment and for the corpus):
+//!
+//!   ```text
+//!   P = Σ_m w_m (δ·hc_m + (1-δ)·hf_m) / (δ·|hyp content| + (1-δ)·|hyp function|)
+//!   R = Σ_m w_m (δ·rc_m + (1-δ)·rf_m) / (δ·|ref content| + (1-δ)·|ref function|)
+//!   Fmean = 1 / ((1-α)/P + α/R)
+//!   frag  = 0 if every word of both sides is matched in a single chunk,
+//!           else chunks / ((matched hyp words + matched ref words) / 2)
+//!   METEOR = max(0, Fmean · (1 - γ · frag^β)),   NaN -> 0
+//!   ```
+//!
+//!   with `hc_m/hf_m` (`rc_m/rf_m`) the hypothesis (reference) content / function words
+//!   matched by module `m`, function words from the jar's 92-entry English list, and the
+//!   English "rank" (default) parameters α 0.85, β 0.20, γ 0.60, δ 0.75, weights
+//!   1.0 0.6 0.8 0.6.
+//! * **Multiple references**: every reference is aligned; the statistics of the first
+//!   reference with the strictly highest segment score are kept (as `MeteorScorer`).
+//! * **Corpus**: statistics are summed over segments (`MeteorStats.addStats`, which does
+//!   not add the chunk of a perfectly matched segment) and scored once.
+//!
+//! # Behaviour on edge cases
+//!
+//! * Empty (or whitespace/punctuation-free-empty) hypothesis or reference: length 0, so
+//!   P or R is 0/0 and the segment scores 0 (the jar gives the same). Its lengths still
+//!   enter the corpus statistics (an empty hypothesis lowers corpus recall).
+//! * No references: the segment scores 0 and contributes nothing to the corpus.
+//! * Case: everything is lower-cased after normalisation (`-norm`), so case never matters.
+//!   Without `-norm` semantics (see [`MeteorParams::normalize`] = false) the text is only
+//!   whitespace-tokenised and compared case-sensitively, like the jar without flags.
+//! * Unicode: the normaliser's letter classes are the jar's (ASCII, Latin-1, Latin
+//!   Extended-A, Cyrillic); other non-space symbols (CJK, emoji, ...) become single-char
+//!   tokens; Unicode spaces listed by the jar are collapsed. Words are compared as Rust
+//!   strings (the jar compares `String.hashCode()`s, so it could in theory conflate two
+//!   colliding words; we never do).
+//!
+//! # Tables
+//!
+//! Neither table is bundled. With pycocoevalcap installed:
+//! * synonyms: `unzip meteor-1.5.jar 'synonym/*'` and pass the `synonym` directory
+//!   (it must contain `english.synsets` and `english.exceptions`, the jar's WordNet 3.0
+//!   derived files: `word\nsynset ids...\n` pairs and `base\nforms...\n` pairs);
+//! * paraphrases: pass `pycocoevalcap/meteor/data/paraphrase-en.gz` (gzip or plain text;
+//!   records of three lines: probability, reference phrase, paraphrase). Loading the
+//!   English table (5.3 M pairs) takes about 4 s (release build) and ~400 MB of memory.
+//!
+//! Without tables the score is the jar's exact+stem METEOR with the full-configuration
+//! weights, which is systematically a little *lower* than the pycocoevalcap number.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::Path;
+
+use super::meteor_norm::{java_lowercase, tokenize, Normalizer};
+use super::porter_meteor::stem;
+
+/// The Snowball English stemmer METEOR's stem module uses (input lower-cased).
+pub fn snowball_stem(word: &str) -> String {
+    stem(word)
+}
+
+/// Module slots (index into weights / statistics).
+const EXACT: usize = 0;
+const STEM: usize = 1;
+const SYNONYM: usize = 2;
+const PARAPHRASE: usize = 3;
+const N_MODULES: usize = 4;
+
+/// Weights used *inside the alignment search* (`MeteorScorer.loadConfiguration`).
+const SEARCH_WEIGHTS: [f64; N_MODULES] = [1.0, 0.5, 0.5, 0.5];
+
+/// The jar's `function/english.words`.
+const FUNCTION_WORDS: &[&str] = &[
+    "the", ",", ".", "to", "of", "and", "a", "in", "that", "for", "\"", "is", "on", "'s", "it",
+    "with", "was", "as", "said", "at", "he", "by", "be", "from", "have", "has", "are", "his",
+    "but", "an", "this", "not", "i", "will", "\u{2019}", "they", ")", "-rrb-", "(", "-lrb-", "who",
+    "their", "had", "we", "which", "were", "been", "more", "or", "s", "its", "would", "about",
+    "new", "one", "after", "you", ":", "also", "up", "when", "there", "than", "$", "all", "out",
+    "her", "people", "she", "year", "two", "-", "can", "if", "last", "first", "\u{201C}", "over",
+    "other", "\u{201D}", "into", "some", "what", "so", "--", "no", "time", "years", "could", "?",
+    "'t", "\u{2014}", "'", "",
+];
+
+/// METEOR parameters. [`Default`] is METEOR 1.5 English, default ("rank") task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeteorParams {
+    /// Precision/recall balance α (Fmean = PR / (αP + (1-α)R)).
+    pub alpha: f64,
+    /// Fragmentation exponent β.
+    pub beta: f64,
+    /// Maximum fragmentation penalty γ.
+    pub gamma: f64,
+    /// Content (δ) vs function (1-δ) word weight.
+    pub delta: f64,
+    /// Module weights: exact, stem, synonym, paraphrase.
+    pub weights: [f64; 4],
+    /// Alignment beam size (jar default 40).
+    pub beam_size: usize,
+    /// Apply `-norm` (tokenise, normalise punctuation, lower-case). Default true.
+    pub normalize: bool,
+}
+
+impl Default for MeteorParams {
+    fn default() -> Self {
+        MeteorParams {
+            alpha: 0.85,
+            beta: 0.20,
+            gamma: 0.60,
+            delta: 0.75,
+            weights: [1.0, 0.6, 0.8, 0.6],
+            beam_size: 40,
+            normalize: true,
+        }
+    }
+}
+
+/// METEOR sufficient statistics of one segment (or a sum of segments).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MeteorStats {
+    pub test_length: f64,
+    pub reference_length: f64,
+    pub test_function_words: f64,
+    pub reference_function_words: f64,
+    pub test_total_matches: f64,
+    pub reference_total_matches: f64,
+    pub test_stage_content: [f64; 4],
+    pub reference_stage_content: [f64; 4],
+    pub test_stage_function: [f64; 4],
+    pub reference_stage_function: [f64; 4],
+    pub chunks: f64,
+    pub test_word_matches: f64,
+    pub reference_word_matches: f64,
+}
+
+impl MeteorStats {
+    fn is_perfect(&self) -> bool {
+        self.test_total_matches == self.test_length
+            && self.reference_total_matches == self.reference_length
+            && self.chunks == 1.0
+    }
+
+    /// `MeteorStats.addStats`: sum, except that the chunk of a perfectly matched
+    /// segment is not added.
+    pub fn add(&mut self, o: &MeteorStats) {
+        self.test_length += o.test_length;
+        self.reference_length += o.reference_length;
+        self.test_function_words += o.test_function_words;
+        self.reference_function_words += o.reference_function_words;
+        self.test_total_matches += o.test_total_matches;
+        self.reference_total_matches += o.reference_total_matches;
+        for m in 0..N_MODULES {
+            self.test_stage_content[m] += o.test_stage_content[m];
+            self.reference_stage_content[m] += o.reference_stage_content[m];
+            self.test_stage_function[m] += o.test_stage_function[m];
+            self.reference_stage_function[m] += o.reference_stage_function[m];
+        }
+        if !o.is_perfect() {
+            self.chunks += o.chunks;
+        }
+        self.test_word_matches += o.test_word_matches;
+        self.reference_word_matches += o.reference_word_matches;
+    }
+
+    /// `MeteorScorer.computeMetrics`: the METEOR score of these statistics.
+    pub fn score(&self, p: &MeteorParams) -> f64 {
+        let d = p.delta;
+        let tw_len = d * (self.test_length - self.test_function_words)
+            + (1.0 - d) * self.test_function_words;
+        let rw_len = d * (self.reference_length - self.reference_function_words)
+            + (1.0 - d) * self.reference_function_words;
+        let mut tw = 0.0;
+        let mut rw = 0.0;
+        for m in 0..N_MODULES {
+            tw += self.test_stage_content[m] * p.weights[m] * d;
+        }
+        for m in 0..N_MODULES {
+            rw += self.reference_stage_content[m] * p.weights[m] * d;
+        }
+        for m in 0..N_MODULES {
+            tw += self.test_stage_function[m] * p.weights[m] * (1.0 - d);
+        }
+        for m in 0..N_MODULES {
+            rw += self.reference_stage_function[m] * p.weights[m] * (1.0 - d);
+        }
+        let precision = tw / tw_len;
+        let recall = rw / rw_len;
+        let fmean = 1.0 / (((1.0 - p.alpha) / precision) + (p.alpha / recall));
+        let frag = if self.is_perfect() {
+            0.0
+        } else {
+            self.chunks / ((self.test_word_matches + self.reference_word_matches) / 2.0)
+        };
+        let penalty = p.gamma * frag.powf(p.beta);
+        let score = fmean * (1.0 - penalty);
+        if score.is_nan() {
+            0.0
+        } else {
+            score.max(0.0)
+        }
+    }
+}
+
+/// WordNet synonym dictionary in the jar's format (`synonym/english.*`).
+#[derive(Debug, Default)]
+struct SynonymDictionary {
+    word_to_bases: HashMap<String, Vec<String>>,
+    word_to_synsets: HashMap<String, HashSet<u32>>,
+}
+
+const MORPH_SUFX: [&str; 20] = [
+    "s", "ses", "xes", "zes", "ches", "shes", "men", "ies", "s", "ies", "es", "es", "ed", "ed",
+    "ing", "ing", "er", "est", "er", "est",
+];
+const MORPH_ADDR: [&str; 20] = [
+    "", "s", "x", "z", "ch", "sh", "man", "y", "", "y", "e", "", "e", "", "e", "", "", "", "e", "e",
+];
+
+impl SynonymDictionary {
+    fn load(dir: &Path) -> io::Result<Self> {
+        let mut d = SynonymDictionary::default();
+        let exc = read_lines(&dir.join("english.exceptions"))?;
+        for pair in exc.chunks(2) {
+            let (base, forms) = (&pair[0], pair.get(1).map(String::as_str).unwrap_or(""));
+            for form in forms.split_whitespace() {
+                d.word_to_bases
+                    .entry(form.to_string())
+                    .or_default()
+                    .push(base.clone());
+            }
+        }
+        let syn = read_lines(&dir.join("english.synsets"))?;
+        for pair in syn.chunks(2) {
+            let ids = pair.get(1).map(String::as_str).unwrap_or("");
+            let mut set = HashSet::new();
+            for t in ids.split_whitespace() {
+                let id = t.parse::<u32>().map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("bad synset id {t:?}: {e}"),
+                    )
+                })?;
+                set.insert(id);
+            }
+            d.word_to_synsets.insert(pair[0].clone(), set);
+        }
+        Ok(d)
+    }
+
+    /// `getSynSets(word) ∪ getStemSynSets(word)`.
+    fn all_synsets(&self, word: &str) -> HashSet<u32> {
+        let mut s = self.word_to_synsets.get(word).cloned().unwrap_or_default();
+        if let Some(bases) = self.word_to_bases.get(word) {
+            for b in bases {
+                if let Some(x) = self.word_to_synsets.get(b) {
+                    s.extend(x);
+                }
+            }
+        } else if let Some(x) = self.word_to_synsets.get(&self.morph(word)) {
+            s.extend(x);
+        }
+        s
+    }
+
+    /// WordNet 3 morphology as implemented in `SynonymDictionary.morph`.
+    fn morph(&self, word: &str) -> String {
+        let end = if word.ends_with("ful") { "ful" } else { "" };
+        if word.ends_with("ss") || word.encode_utf16().count() <= 2 {
+            return word.to_string();
+        }
+        for (suf, add) in MORPH_SUFX.iter().zip(MORPH_ADDR.iter()) {
+            if let Some(stem) = word.strip_suffix(suf) {
+                let cand = format!("{stem}{add}");
+                if self.word_to_synsets.contains_key(&cand) {
+                    return cand + end;
+                }
+            }
+        }
+        String::new()
+    }
+}
+
+/// Paraphrase table as a prefix trie over reference phrases (`ParaphraseTransducer`).
+#[derive(Debug, Default)]
+struct ParaphraseTable {
+    vocab: HashMap<String, u32>,
+    /// (state, word) -> state; state 0 is the root.
+    trans: HashMap<(u32, u32), u32>,
+    /// Paraphrase indices emitted at each state, in file order.
+    emit: HashMap<u32, Vec<u32>>,
+    paraphrases: Vec<Vec<u32>>,
+    n_states: u32,
+}
+
+impl ParaphraseTable {
+    fn load(path: &Path) -> io::Result<Self> {
+        let f = File::open(path)?;
+        let mut magic = [0u8; 2];
+        let gz = {
+            let mut g = File::open(path)?;
+            g.read(&mut magic)? == 2 && magic == [0x1f, 0x8b]
+        };
+        let reader: Box<dyn BufRead> = if gz {
+            Box::new(BufReader::with_capacity(
+                1 << 20,
+                flate2::read::MultiGzDecoder::new(BufReader::new(f)),
+            ))
+        } else {
+            Box::new(BufReader::with_capacity(1 << 20, f))
+        };
+        let mut t = ParaphraseTable {
+            n_states: 1,
+            ..Default::default()
+        };
+        let mut lines = reader.lines();
+        while let Some(prob) = lines.next() {
+            prob?;
+            let (Some(r), Some(p)) = (lines.next(), lines.next()) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "truncated paraphrase record",
+                ));
+            };
+            let (r, p) = (r?, p?);
+            let rw: Vec<u32> = r.split_whitespace().map(|w| t.map(w)).collect();
+            let pw: Vec<u32> = p.split_whitespace().map(|w| t.map(w)).collect();
+            let mut state = 0u32;
+            for w in rw {
+                let next = t.n_states;
+                let s = *t.trans.entry((state, w)).or_insert(next);
+                if s == next {
+                    t.n_states += 1;
+                }
+                state = s;
+            }
+            let idx = t.paraphrases.len() as u32;
+            t.emit.entry(state).or_default().push(idx);
+            t.paraphrases.push(pw);
+        }
+        Ok(t)
+    }
+
+    fn map(&mut self, w: &str) -> u32 {
+        let n = self.vocab.len() as u32;
+        *self.vocab.entry(w.to_string()).or_insert(n)
+    }
+
+    fn translate(&self, w: &str) -> Option<u32> {
+        self.vocab.get(w).copied()
+    }
+
+    /// `(phrase length, paraphrase index)` for reference phrases starting at `start`.
+    fn paths(&self, words: &[Option<u32>], start: usize) -> Vec<(usize, u32)> {
+        let mut out = Vec::new();
+        let mut state = 0u32;
+        for (i, w) in words[start..].iter().enumerate() {
+            let Some(w) = w else { break };
+            let Some(&s) = self.trans.get(&(state, *w)) else {
+                break;
+            };
+            state = s;
+            if let Some(e) = self.emit.get(&state) {
+                out.extend(e.iter().map(|&j| (i + 1, j)));
+            }
+        }
+        out
+    }
+}
+
+fn read_lines(path: &Path) -> io::Result<Vec<String>> {
+    BufReader::new(File::open(path)?).lines().collect()
+}
+
+/// One candidate match: `len` reference words at `start` aligned to `match_len`
+/// hypothesis words at `match_start` (Java `Match`: line2 = reference, line1 = test).
+#[derive(Debug, Clone, Copy)]
+struct Match {
+    module: usize,
+    start: usize,
+    len: usize,
+    match_start: usize,
+    match_len: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Partial {
+    matches: Vec<Option<Match>>,
+    m1: i64,
+    m2: i64,
+    chunks: i64,
+    idx: usize,
+    last_match_end: i64,
+    distance: i64,
+    used1: Vec<bool>,
+    used2: Vec<bool>,
+}
+
+impl Partial {
+    fn is_used(&self, m: &Match) -> bool {
+        (0..m.len).any(|k| self.used2[m.start + k])
+            || (0..m.match_len).any(|k| self.used1[m.match_start + k])
+    }
+    fn set_used(&mut self, m: &Match) {
+        for k in 0..m.len {
+            self.used2[m.start + k] = true;
+        }
+        for k in 0..m.match_len {
+            self.used1[m.match_start + k] = true;
+        }
+    }
+    /// Java: `path.matches1 += m.matchLength * w` on an `int` field.
+    fn add_counts(&mut self, m: &Match) {
+        let w = SEARCH_WEIGHTS[m.module];
+        self.m1 = (self.m1 as f64 + m.match_len as f64 * w) as i64;
+        self.m2 = (self.m2 as f64 + m.len as f64 * w) as i64;
+    }
+}
+
+/// `Constants.PARTIAL_COMPARE_TOTAL`.
+fn compare(x: &Partial, y: &Partial) -> std::cmp::Ordering {
+    ((y.m1 + y.m2).cmp(&(x.m1 + x.m2)))
+        .then(x.chunks.cmp(&y.chunks))
+        .then(x.distance.cmp(&y.distance))
+}
+
+/// METEOR scorer. Cheap to share (`&self` methods, no interior mutability).
+#[derive(Debug)]
+pub struct Meteor {
+    params: MeteorParams,
+    normalizer: NormalizerBox,
+    function_words: HashSet<&'static str>,
+    synonyms: Option<SynonymDictionary>,
+    paraphrase: Option<ParaphraseTable>,
+}
+
+struct NormalizerBox(Normalizer);
+
+impl std::fmt::Debug for NormalizerBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Normalizer(en)")
+    }
+}
+
+impl Default for Meteor {
+    fn default() -> Self {
+        Meteor::new(MeteorParams::default())
+    }
+}
+
+impl Meteor {
+    /// Scorer with exact + stem matching (no tables) and the given parameters.
+    pub fn new(params: MeteorParams) -> Self {
+        Meteor {
+            params,
+            normalizer: NormalizerBox(Normalizer::default()),
+            function_words: FUNCTION_WORDS.iter().copied().collect(),
+            synonyms: None,
+            paraphrase: None,
+        }
+    }
+
+    /// Enable the synonym module from a directory holding the jar's
+    /// `english.synsets` and `english.exceptions` (`unzip meteor-1.5.jar 'synonym/*'`).
+    pub fn with_synonym_dir(mut self, dir: impl AsRef<Path>) -> io::Result<Self> {
+        self.synonyms = Some(SynonymDictionary::load(dir.as_ref())?);
+        Ok(self)
+    }
+
+    /// Enable the paraphrase module from `paraphrase-en.gz` (gzip or plain text).
+    pub fn with_paraphrase_table(mut self, path: impl AsRef<Path>) -> io::Result<Self> {
+        self.paraphrase = Some(ParaphraseTable::load(path.as_ref())?);
+        Ok(self)
+    }
+
+    /// The parameters in use.
+    pub fn params(&self) -> &MeteorParams {
+        &self.params
+    }
+
+    /// Normalised, lower-cased tokens as the scorer sees them.
+    pub fn tokens(&self, text: &str) -> Vec<String> {
+        if self.params.normalize {
+            tokenize(&java_lowercase(&self.normalizer.0.normalize(text)))
+        } else {
+            tokenize(text)
+        }
+    }
+
+    /// Segment METEOR of `hyp` against its best reference (0 when `refs` is empty).
+    pub fn score_segment(&self, hyp: &str, refs: &[&str]) -> f64 {
+        self.segment_stats(hyp, refs).score(&self.params)
+    }
+
+    /// Sufficient statistics of the best reference (first with the highest score).
+    pub fn segment_stats(&self, hyp: &str, refs: &[&str]) -> MeteorStats {
+        let h = self.tokens(hyp);
+        let mut best: Option<(f64, MeteorStats)> = None;
+        for r in refs {
+            let st = self.align_stats(&h, &self.tokens(r));
+            let sc = st.score(&self.params);
+            let better = match &best {
+                None => sc > -1.0,
+                Some((b, _)) => sc > *b,
+            };
+            if better {
+                best = Some((sc, st));
+            }
+        }
+        best.map(|b| b.1).unwrap_or_default()
+    }
+
+    /// Corpus METEOR (aggregate statistics, the number pycocoevalcap reports).
+    /// Errors when `hyps.len() != refs.len()`.
+    pub fn score_corpus(
+        &self,
+        hyps: &[&str],
+        refs: &[Vec<&str>],
+    ) -> Result<f64, super::MetricsError> {
+        self.try_score_corpus(hyps, refs)
+            .map(|(s, _)| s)
+            .map_err(|_| super::MetricsError::LengthMismatch {
+                hyps: hyps.len(),
+                refs: refs.len(),
+            })
+    }
+
+    /// Corpus METEOR and the segment scores, or an error on a length mismatch.
+    pub fn try_score_corpus(
+        &self,
+        hyps: &[&str],
+        refs: &[Vec<&str>],
+    ) -> Result<(f64, Vec<f64>), String> {
+        if hyps.len() != refs.len() {
+            return Err(format!(
+                "METEOR: {} hypotheses but {} reference lists",
+                hyps.len(),
+                refs.len()
+            ));
+        }
+        let mut total = MeteorStats::default();
+        let mut segs = Vec::with_capacity(hyps.len());
+        for (h, r) in hyps.iter().zip(refs) {
+            let st = self.segment_stats(h, r);
+            segs.push(st.score(&self.params));
+            total.add(&st);
+        }
+        Ok((total.score(&self.params), segs))
+    }
+
+    /// Align tokenised `test` (hypothesis, line1) and `reference` (line2) and return
+    /// the statistics (`Aligner.align` + `MeteorScorer.getMeteorStats`).
+    /// Index loops mirror the Java code on purpose (several parallel arrays).
+    #[allow(clippy::needless_range_loop)]
+    fn align_stats(&self, w1: &[String], w2: &[String]) -> MeteorStats {
+        let (n1, n2) = (w1.len(), w2.len());
+        let mut cand: Vec<Vec<Match>> = vec![Vec::new(); n2];
+        let mut cov1 = vec![0u32; n1];
+        let mut cov2 = vec![0u32; n2];
+        let mut add = |m: Match, cand: &mut Vec<Vec<Match>>| {
+            for k in 0..m.match_len {
+                cov1[m.match_start + k] += 1;
+            }
+            for k in 0..m.len {
+                cov2[m.start + k] += 1;
+            }
+            cand[m.start].push(m);
+        };
+        let one = |module, j, i| Match {
+            module,
+            start: j,
+            len: 1,
+            match_start: i,
+            match_len: 1,
+        };
+
+        let identical = w1 == w2;
+        // exact
+        for j in 0..n2 {
+            for i in 0..n1 {
+                if w1[i] == w2[j] {
+                    add(one(EXACT, j, i), &mut cand);
+                }
+            }
+        }
+        if !identical {
+            // stem
+            let s1: Vec<String> = w1.iter().map(|w| stem(w)).collect();
+            let s2: Vec<String> = w2.iter().map(|w| stem(w)).collect();
+            for j in 0..n2 {
+                for i in 0..n1 {
+                    if s1[i] == s2[j] && w1[i] != w2[j] {
+                        add(one(STEM, j, i), &mut cand);
+                    }
+                }
+            }
+            // synonym
+            if let Some(syn) = &self.synonyms {
+                let y1: Vec<HashSet<u32>> = w1.iter().map(|w| syn.all_synsets(w)).collect();
+                let y2: Vec<HashSet<u32>> = w2.iter().map(|w| syn.all_synsets(w)).collect();
+                for j in 0..n2 {
+                    for i in 0..n1 {
+                        if w1[i] != w2[j] && !y1[i].is_disjoint(&y2[j]) {
+                            add(one(SYNONYM, j, i), &mut cand);
+                        }
+                    }
+                }
+            }
+            // paraphrase
+            if let Some(pt) = &self.paraphrase {
+                let l1: Vec<Option<u32>> = w1.iter().map(|w| pt.translate(w)).collect();
+                let l2: Vec<Option<u32>> = w2.iter().map(|w| pt.translate(w)).collect();
+                let occurs = |line: &[Option<u32>], at: usize, words: &[u32]| {
+                    at + words.len() <= line.len()
+                        && words
+                            .iter()
+                            .enumerate()
+                            .all(|(k, w)| line[at + k] == Some(*w))
+                };
+                // paraphrases (in line1) of reference phrases of line2
+                for j in 0..n2 {
+                    for (len, idx) in pt.paths(&l2, j) {
+                        let words = &pt.paraphrases[idx as usize];
+                        for i in 0..n1 {
+                            if occurs(&l1, i, words) {
+                                let m = Match {
+                                    module: PARAPHRASE,
+                                    start: j,
+                                    len,
+                                    match_start: i,
+                                    match_len: words.len(),
+                                };
+                                add(m, &mut cand);
+                            }
+                        }
+                    }
+                }
+                // paraphrases (in line2) of reference phrases of line1
+                for i in 0..n1 {
+                    for (len, idx) in pt.paths(&l1, i) {
+                        let words = &pt.paraphrases[idx as usize];
+                        for j in 0..n2 {
+                            if occurs(&l2, j, words) {
+                                let m = Match {
+                                    module: PARAPHRASE,
+                                    start: j,
+                                    len: words.len(),
+                                    match_start: i,
+                                    match_len: len,
+                                };
+                                add(m, &mut cand);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        // Fix one-to-one, non-overlapping matches.
+        let mut start = Partial {
+            matches: vec![None; n2],
+            m1: 0,
+            m2: 0,
+            chunks: 0,
+            idx: 0,
+            last_match_end: -1,
+            distance: 0,
+            used1: vec![false; n1],
+            used2: vec![false; n2],
+        };
+        for (i, c) in cand.iter().enumerate() {
+            if let [m] = c.as_slice() {
+                let overlap = (0..m.len).any(|k| cov2[i + k] != 1)
+                    || (0..m.match_len).any(|k| cov1[m.match_start + k] != 1);
+                if !overlap {
+                    start.matches[i] = Some(*m);
+                    start.set_used(m);
+                }
+            }
+        }
+        let best = self.resolve(&cand, start);
+
+        // Statistics.
+        let fw1: Vec<bool> = w1
+            .iter()
+            .map(|w| self.function_words.contains(java_lowercase(w).as_str()))
+            .collect();
+        let fw2: Vec<bool> = w2
+            .iter()
+            .map(|w| self.function_words.contains(java_lowercase(w).as_str()))
+            .collect();
+        let mut st = MeteorStats {
+            test_length: n1 as f64,
+            reference_length: n2 as f64,
+            test_function_words: fw1.iter().filter(|&&b| b).count() as f64,
+            reference_function_words: fw2.iter().filter(|&&b| b).count() as f64,
+            ..Default::default()
+        };
+        for m in best.matches.iter().flatten() {
+            for k in 0..m.match_len {
+                if fw1[m.match_start + k] {
+                    st.test_stage_function[m.module] += 1.0;
+                } else {
+                    st.test_stage_content[m.module] += 1.0;
+                }
+            }
+            for k in 0..m.len {
+                if fw2[m.start + k] {
+                    st.reference_stage_function[m.module] += 1.0;
+                } else {
+                    st.reference_stage_content[m.module] += 1.0;
+                }
+            }
+        }
+        // getCountAndChunks
+        let mut chunks = 0;
+        let mut idx = 0;
+        let mut last_end: i64 = -1;
+        while idx < n2 {
+            match best.matches[idx] {
+                None => {
+                    if last_end != -1 {
+                        chunks += 1;
+                        last_end = -1;
+                    }
+                    idx += 1;
+                }
+                Some(m) => {
+                    if last_end != -1 && m.match_start as i64 != last_end {
+                        chunks += 1;
+                    }
+                    idx = m.start + m.len;
+                    last_end = (m.match_start + m.match_len) as i64;
+                }
+            }
+        }
+        if last_end != -1 {
+            chunks += 1;
+        }
+        st.chunks = chunks as f64;
+        for m in 0..N_MODULES {
+            st.test_total_matches += st.test_stage_content[m] + st.test_stage_function[m];
+            st.reference_total_matches +=
+                st.reference_stage_content[m] + st.reference_stage_function[m];
+        }
+        st.test_word_matches = st.test_total_matches;
+        st.reference_word_matches = st.reference_total_matches;
+        st
+    }
+
+    /// `Aligner.resolve`: beam search for the best alignment.
+    #[allow(clippy::needless_range_loop)]
+    fn resolve(&self, cand: &[Vec<Match>], start: Partial) -> Partial {
+        let n2 = cand.len();
+        let beam = self.params.beam_size.max(1);
+        let mut next = vec![start];
+        for current in 0..=n2 {
+            let mut paths = std::mem::take(&mut next);
+            paths.sort_by(compare);
+            let first = paths[0].clone();
+            for mut path in paths.into_iter().take(beam) {
+                if current == n2 {
+                    if path.last_match_end != -1 {
+                        path.chunks += 1;
+                    }
+                    next.push(path);
+                    continue;
+                }
+                if path.used2[current] {
+                    if current < path.idx {
+                        next.push(path);
+                    } else if let Some(m) = path.matches.get(path.idx).copied().flatten() {
+                        path.add_counts(&m);
+                        if path.last_match_end != -1 && m.match_start as i64 != path.last_match_end
+                        {
+                            path.chunks += 1;
+                        }
+                        path.idx = m.start + m.len;
+                        path.last_match_end = (m.match_start + m.match_len) as i64;
+                        path.distance += (m.start as i64 - m.match_start as i64).abs();
+                        next.push(path);
+                    }
+                    continue;
+                }
+                for m in &cand[current] {
+                    if path.is_used(m) {
+                        continue;
+                    }
+                    let mut np = path.clone();
+                    np.set_used(m);
+                    np.matches[current] = Some(*m);
+                    np.add_counts(m);
+                    if np.last_match_end != -1 && m.match_start as i64 != np.last_match_end {
+                        np.chunks += 1;
+                    }
+                    np.idx = m.start + m.len;
+                    np.last_match_end = (m.match_start + m.match_len) as i64;
+                    // Jar quirk: the distance is added to the parent path.
+                    path.distance += (m.start as i64 - m.match_start as i64).abs();
+                    next.push(np);
+                }
+                if path.last_match_end != -1 {
+                    path.chunks += 1;
+                    path.last_match_end = -1;
+                }
+                path.idx += 1;
+                next.push(path);
+            }
+            if next.is_empty() {
+                next.push(first);
+            }
+        }
+        next.sort_by(compare);
+        next.swap_remove(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_is_one_minus_nothing() {
+        let m = Meteor::default();
+        let s = m.score_segment("The cat sat on the mat.", &["the cat sat on the mat ."]);
+        assert!((s - 1.0).abs() < 1e-12, "{s}");
+    }
+
+    #[test]
+    fn empty_inputs_score_zero() {
+        let m = Meteor::default();
+        assert_eq!(m.score_segment("", &["a b"]), 0.0);
+        assert_eq!(m.score_segment("a b", &[""]), 0.0);
+        assert_eq!(m.score_segment("a b", &[]), 0.0);
+        assert_eq!(m.score_corpus(&[], &[]).unwrap(), 0.0);
+    }
+
+    #[test]
+    fn stem_match_counts() {
+        let m = Meteor::default();
+        let a = m.score_segment("the cats ran", &["the cat ran"]);
+        let b = m.score_segment("the dog ran", &["the cat ran"]);
+        assert!(a > b);
+    }
+}
