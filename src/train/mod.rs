@@ -1,5 +1,11 @@
-//! Training: LPLM pre-training (paper section 3.3 / 4.2) and exit fine-tuning.
+//! Training: LPLM pre-training (paper sections 3.3 and 4.2) and exit fine-tuning.
 //!
-//! - [`corruption`]: BART-style sentence shuffling and Poisson-span text infilling.
+//! - [`corruption`]: BART-style sentence shuffling and Poisson-span text infilling;
+//! - [`loss`]: LPLM, soft-exit, deep-supervision and last-layer losses (pads ignored);
+//! - [`params`]: trainable parameters (initialisation, loading, saving);
+//! - [`optim`]: AdamW with linear warm-up/decay and global-norm clipping;
+//! - [`trainer`]: the training loop (accumulation, validation, atomic checkpoints, resume).
 
 pub mod corruption;
+pub mod loss;
+pub mod params;

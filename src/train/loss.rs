@@ -1,0 +1,263 @@
+//! Training losses (paper sections 3.3 and 4.2), all ignoring `<pad>` labels.
+//!
+//! - [`lplm_loss`]: layer-permutation language modelling: each target token t is predicted at
+//!   its assigned exit layer `l_t`; `k` assignments per sequence share one encoder pass;
+//!   loss = mean NLL over all (assignment, non-pad token) pairs.
+//! - [`soft_exit_loss`]: soft early exit with teacher forcing; mean of the L off-ramp CEs.
+//! - [`deep_supervision_loss`]: every off-ramp trained on the plain NAR pass (hard-exit
+//!   fine-tuning); mean of the L off-ramp CEs.
+//! - [`last_layer_loss`]: plain NAR cross-entropy at layer L.
+//!
+//! Shapes: logits `[batch, T, vocab]`, labels `[batch, T]` u32 (the target ids without the
+//! leading `<s>`, ending in `</s>`, padded with `<pad>`), exits `[batch, T]` u32 in 1..=L.
+//! Every op here is differentiable (no fused softmax).
+
+use candle_core::{DType, Tensor, D};
+
+use crate::error::{Error, Result};
+use crate::model::exit::{DecodeOptions, ExitPolicy, SoftTeacher};
+use crate::model::nn::Mode;
+use crate::model::{ElmerModel, EncoderOutput};
+
+/// One training batch: sources, decoder slots and labels, all right-padded.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Source ids `[batch, S]` u32.
+    pub input_ids: Tensor,
+    /// Source mask `[batch, S]` u32 (1 keep, 0 pad).
+    pub attention_mask: Tensor,
+    /// Decoder input `[batch, T]` u32: `[<s>, <mask>, ...]`, padded with `<pad>`.
+    pub decoder_input_ids: Tensor,
+    /// Decoder mask `[batch, T]` u32 (1 for the first `len_i` positions).
+    pub decoder_attention_mask: Tensor,
+    /// Labels `[batch, T]` u32, `<pad>` where ignored.
+    pub labels: Tensor,
+    /// Number of non-pad labels.
+    pub num_target_tokens: usize,
+    /// Number of non-pad source tokens.
+    pub num_source_tokens: usize,
+}
+
+impl Batch {
+    /// Builds a batch from framed sources (`<s> ... </s>`) and label sequences (target ids
+    /// without `<s>`, ending in `</s>`). Decoder slot i has `labels[i].len()` positions.
+    pub fn from_ids(
+        sources: &[Vec<u32>],
+        labels: &[Vec<u32>],
+        model_cfg: &crate::ElmerConfig,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        if sources.is_empty() || sources.len() != labels.len() {
+            return Err(Error::invalid_arg(
+                "labels",
+                format!(
+                    "{} sources but {} label sequences (need the same, at least 1)",
+                    sources.len(),
+                    labels.len()
+                ),
+            ));
+        }
+        let pad = model_cfg.pad_token_id;
+        let b = sources.len();
+        let s = sources.iter().map(Vec::len).max().unwrap_or(0);
+        let t = labels.iter().map(Vec::len).max().unwrap_or(0);
+        if s == 0 || t == 0 || sources.iter().any(Vec::is_empty) || labels.iter().any(Vec::is_empty)
+        {
+            return Err(Error::invalid_arg(
+                "sources",
+                "empty source or label sequence",
+            ));
+        }
+        let mut ids = Vec::with_capacity(b * s);
+        let mut mask = Vec::with_capacity(b * s);
+        let mut dec = Vec::with_capacity(b * t);
+        let mut dmask = Vec::with_capacity(b * t);
+        let mut lab = Vec::with_capacity(b * t);
+        let (mut n_src, mut n_tgt) = (0, 0);
+        for (src, l) in sources.iter().zip(labels) {
+            n_src += src.len();
+            ids.extend_from_slice(src);
+            ids.extend(std::iter::repeat_n(pad, s - src.len()));
+            mask.extend(std::iter::repeat_n(1u32, src.len()));
+            mask.extend(std::iter::repeat_n(0u32, s - src.len()));
+            for j in 0..t {
+                let real = j < l.len();
+                dec.push(match (real, j) {
+                    (false, _) => pad,
+                    (true, 0) => model_cfg.bos_token_id,
+                    (true, _) => model_cfg.mask_token_id(),
+                });
+                dmask.push(real as u32);
+                lab.push(if real { l[j] } else { pad });
+            }
+            n_tgt += l.iter().filter(|&&x| x != pad).count();
+        }
+        Ok(Self {
+            input_ids: Tensor::from_vec(ids, (b, s), device)?,
+            attention_mask: Tensor::from_vec(mask, (b, s), device)?,
+            decoder_input_ids: Tensor::from_vec(dec, (b, t), device)?,
+            decoder_attention_mask: Tensor::from_vec(dmask, (b, t), device)?,
+            labels: Tensor::from_vec(lab, (b, t), device)?,
+            num_target_tokens: n_tgt,
+            num_source_tokens: n_src,
+        })
+    }
+
+    /// Batch size.
+    pub fn len(&self) -> usize {
+        self.labels.dims()[0]
+    }
+
+    /// Whether the batch holds no example.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Sum of the NLL of `labels` under `logits` over non-pad positions, and their count.
+/// `logits` `[batch, T, vocab]`, `labels` `[batch, T]`. Returns (scalar sum, count).
+pub fn masked_nll_sum(logits: &Tensor, labels: &Tensor, pad_id: u32) -> Result<(Tensor, usize)> {
+    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    let labels = labels.to_dtype(DType::U32)?;
+    let picked = logp.gather(&labels.unsqueeze(2)?, 2)?.squeeze(2)?; // [B, T]
+    let keep = labels.ne(pad_id)?.to_dtype(DType::F32)?;
+    let count = keep.sum_all()?.to_scalar::<f32>()? as usize;
+    let sum = (picked * keep)?.sum_all()?.neg()?;
+    Ok((sum, count))
+}
+
+/// Mean NLL over non-pad positions (cross-entropy with pads ignored).
+pub fn masked_cross_entropy(logits: &Tensor, labels: &Tensor, pad_id: u32) -> Result<Tensor> {
+    let (sum, count) = masked_nll_sum(logits, labels, pad_id)?;
+    if count == 0 {
+        return Err(Error::invalid_arg("labels", "every label is <pad>"));
+    }
+    Ok((sum / count as f64)?)
+}
+
+fn encode(model: &ElmerModel, batch: &Batch, mode: Mode) -> Result<EncoderOutput> {
+    let mut enc = model.encode_with_mode(&batch.input_ids, Some(&batch.attention_mask), mode)?;
+    // The cross-attention keys/values are shared by every decoder pass on this batch.
+    model.cache_cross_attention(&mut enc)?;
+    Ok(enc)
+}
+
+/// LPLM loss for exit assignments `exits` (k tensors `[batch, T]`, values 1..=L): the encoder
+/// runs once, the decoder once per assignment; mean NLL over all assignments and non-pad tokens.
+pub fn lplm_loss(
+    model: &ElmerModel,
+    batch: &Batch,
+    exits: &[Tensor],
+    mode: Mode,
+) -> Result<Tensor> {
+    if exits.is_empty() {
+        return Err(Error::invalid_arg(
+            "exits",
+            "need at least one exit assignment",
+        ));
+    }
+    let pad = model.config().pad_token_id;
+    let enc = encode(model, batch, mode)?;
+    let mut total: Option<Tensor> = None;
+    let mut count = 0;
+    for e in exits {
+        let opts = DecodeOptions::new(ExitPolicy::Fixed(e.clone())).with_logits();
+        let out = model.decode_with_mode(
+            &enc,
+            &batch.decoder_input_ids,
+            Some(&batch.decoder_attention_mask),
+            &opts,
+            mode,
+        )?;
+        let logits = out
+            .logits
+            .ok_or_else(|| Error::Unsupported("no logits".into()))?;
+        let (s, c) = masked_nll_sum(&logits, &batch.labels, pad)?;
+        count += c;
+        total = Some(match total {
+            None => s,
+            Some(t) => (t + s)?,
+        });
+    }
+    let total = total.ok_or_else(|| Error::invalid_arg("exits", "empty"))?;
+    if count == 0 {
+        return Err(Error::invalid_arg("labels", "every label is <pad>"));
+    }
+    Ok((total / count as f64)?)
+}
+
+fn mean_offramp_ce(
+    model: &ElmerModel,
+    batch: &Batch,
+    opts: DecodeOptions,
+    mode: Mode,
+) -> Result<Tensor> {
+    let pad = model.config().pad_token_id;
+    let enc = encode(model, batch, mode)?;
+    let out = model.decode_with_mode(
+        &enc,
+        &batch.decoder_input_ids,
+        Some(&batch.decoder_attention_mask),
+        &opts.with_offramp_logits(),
+        mode,
+    )?;
+    let ramps = out
+        .offramp_logits
+        .ok_or_else(|| Error::Unsupported("no off-ramp logits".into()))?;
+    let n = ramps.len();
+    let mut acc: Option<Tensor> = None;
+    for lg in &ramps {
+        let ce = masked_cross_entropy(lg, &batch.labels, pad)?;
+        acc = Some(match acc {
+            None => ce,
+            Some(a) => (a + ce)?,
+        });
+    }
+    let acc = acc.ok_or_else(|| Error::config("decoder_layers", "is zero"))?;
+    Ok((acc / n as f64)?)
+}
+
+/// Soft-exit loss: teacher forcing where `use_gold` (`[batch, T]` u8) is 1 and the label is
+/// not `<pad>`; mean of the L off-ramp cross-entropies (the L-1 fed-back ones and the final).
+pub fn soft_exit_loss(
+    model: &ElmerModel,
+    batch: &Batch,
+    use_gold: &Tensor,
+    mode: Mode,
+) -> Result<Tensor> {
+    let pad = model.config().pad_token_id;
+    let use_gold = (use_gold.to_dtype(DType::U8)? * batch.labels.ne(pad)?)?;
+    let mut opts = DecodeOptions::new(ExitPolicy::Soft);
+    opts.soft_teacher = Some(SoftTeacher {
+        gold: batch.labels.clone(),
+        use_gold,
+    });
+    mean_offramp_ce(model, batch, opts, mode)
+}
+
+/// Deep supervision for hard exit: mean of every off-ramp's cross-entropy on the plain pass.
+pub fn deep_supervision_loss(model: &ElmerModel, batch: &Batch, mode: Mode) -> Result<Tensor> {
+    mean_offramp_ce(
+        model,
+        batch,
+        DecodeOptions::new(ExitPolicy::LastLayer),
+        mode,
+    )
+}
+
+/// Plain NAR cross-entropy at the last layer.
+pub fn last_layer_loss(model: &ElmerModel, batch: &Batch, mode: Mode) -> Result<Tensor> {
+    let pad = model.config().pad_token_id;
+    let enc = encode(model, batch, mode)?;
+    let out = model.decode_with_mode(
+        &enc,
+        &batch.decoder_input_ids,
+        Some(&batch.decoder_attention_mask),
+        &DecodeOptions::new(ExitPolicy::LastLayer).with_logits(),
+        mode,
+    )?;
+    let logits = out
+        .logits
+        .ok_or_else(|| Error::Unsupported("no logits".into()))?;
+    masked_cross_entropy(&logits, &batch.labels, pad)
+}
