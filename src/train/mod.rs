@@ -4,8 +4,12 @@
 //! - [`loss`]: LPLM, soft-exit, deep-supervision and last-layer losses (pads ignored);
 //! - [`params`]: trainable parameters (initialisation, loading, saving);
 //! - [`optim`]: AdamW with linear warm-up/decay and global-norm clipping;
-//! - [`trainer`]: the training loop (accumulation, validation, atomic checkpoints, resume).
+//! - [`trainer`]: the training loop (accumulation, validation, atomic checkpoints, resume);
+//! - [`lplm`]: the pre-training corpus and objective.
 
 pub mod corruption;
 pub mod loss;
+pub mod lplm;
+pub mod optim;
 pub mod params;
+pub mod trainer;

@@ -1,0 +1,525 @@
+//! The training loop: gradient accumulation, global-norm clipping, AdamW with linear
+//! warm-up/decay, dropout on in training only, a progress line (loss, learning rate, tokens
+//! per second), periodic validation, atomic checkpoints and exact resume.
+//!
+//! What to optimise comes from an [`Objective`] (LPLM pre-training, soft-exit or
+//! deep-supervision fine-tuning). All randomness of optimizer step `s` (batch sampling,
+//! corruption, exit layers, dropout) is drawn from RNGs seeded by `(seed, s)`, so a run
+//! killed and resumed from its last checkpoint follows the same trajectory as one that was
+//! never interrupted: the "RNG state" of a checkpoint is its step.
+//!
+//! Checkpoint layout (`out_dir/checkpoint-{step}/`, written to a temporary directory and
+//! renamed into place, then `out_dir/latest` updated atomically):
+//! `config.json` + `model.safetensors` (Hugging Face `BartForConditionalGeneration` layout,
+//! loadable by transformers), `optimizer.safetensors` (AdamW moments) and
+//! `trainer_state.json` (step, config, history). The best checkpoint by validation loss is
+//! also kept in `out_dir/best/`.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::nn::Mode;
+use crate::model::ElmerModel;
+use crate::train::optim::{clip_grad_norm, AdamW, AdamWConfig, LinearSchedule};
+use crate::train::params::Params;
+use crate::util::write_atomic;
+
+/// Loss of one micro-batch.
+pub struct MicroLoss {
+    /// Scalar loss (differentiable).
+    pub loss: Tensor,
+    /// Tokens processed (source + target, non-pad), for throughput.
+    pub tokens: usize,
+}
+
+/// What a training run optimises.
+pub trait Objective {
+    /// Loss of micro-batch `micro` of optimizer step `step`. `rng` is seeded by
+    /// `(seed, step, micro)`: draw batches, corruption and exits from it.
+    fn train_loss(
+        &self,
+        model: &ElmerModel,
+        step: usize,
+        micro: usize,
+        rng: &mut StdRng,
+        mode: Mode,
+    ) -> Result<MicroLoss>;
+
+    /// Validation loss (deterministic, eval mode).
+    fn eval_loss(&self, model: &ElmerModel) -> Result<f64>;
+}
+
+/// Training-loop settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Warm-up steps.
+    pub warmup_steps: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Global-norm clipping threshold (`None`: no clipping).
+    pub max_grad_norm: Option<f64>,
+    /// AdamW settings.
+    pub adamw: AdamWConfig,
+    /// Seed of every random draw.
+    pub seed: u64,
+    /// Validate every this many steps (0: only at the start and the end).
+    pub eval_every: usize,
+    /// Save a checkpoint every this many steps (0: only at the end).
+    pub save_every: usize,
+    /// Print a progress line every this many steps.
+    pub log_every: usize,
+    /// Checkpoints to keep (older ones are deleted; `best/` is kept apart).
+    pub keep_checkpoints: usize,
+    /// Also train `final_logits_bias` (transformers keeps it as a fixed buffer).
+    pub train_final_logits_bias: bool,
+    /// Output directory.
+    pub out_dir: PathBuf,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 1000,
+            lr: 2e-4,
+            warmup_steps: 100,
+            grad_accum: 1,
+            max_grad_norm: Some(2.0),
+            adamw: AdamWConfig::default(),
+            seed: 42,
+            eval_every: 100,
+            save_every: 500,
+            log_every: 10,
+            keep_checkpoints: 2,
+            train_final_logits_bias: false,
+            out_dir: PathBuf::from("runs/elmer"),
+        }
+    }
+}
+
+/// One line of the training history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogEntry {
+    /// Optimizer step (1-based: after this many updates).
+    pub step: usize,
+    /// Mean training loss over the step's micro-batches.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Tokens per second over this step.
+    pub tokens_per_sec: f64,
+    /// Validation loss, when evaluated at this step.
+    pub eval_loss: Option<f64>,
+}
+
+/// Persistent trainer state stored with each checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// The settings of the run.
+    pub config: TrainConfig,
+    /// Validation loss at step 0 (before training).
+    pub initial_eval_loss: Option<f64>,
+    /// Best validation loss so far and its step.
+    pub best_eval: Option<(usize, f64)>,
+    /// Every logged step so far.
+    pub history: Vec<LogEntry>,
+    /// Seconds spent training so far.
+    pub elapsed_secs: f64,
+}
+
+/// Summary returned by [`Trainer::run`].
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// The final state.
+    pub state: TrainerState,
+    /// Step the run started from (0, or the resumed checkpoint's step).
+    pub resumed_from: usize,
+    /// Mean tokens per second over this run's steps.
+    pub tokens_per_sec: f64,
+}
+
+fn step_seed(seed: u64, step: usize, micro: usize, stream: u64) -> u64 {
+    // SplitMix64-style mixing so nearby (step, micro) pairs get unrelated streams.
+    let mut z = seed
+        ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (micro as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9)
+        ^ stream.wrapping_mul(0x94D0_49BB_1331_11EB);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Runs an [`Objective`] over [`Params`].
+pub struct Trainer {
+    params: Params,
+    model: ElmerModel,
+    optimizer: AdamW,
+    config: TrainConfig,
+    state: TrainerState,
+    /// Print progress to stderr.
+    pub verbose: bool,
+}
+
+fn checkpoint_name(step: usize) -> String {
+    format!("checkpoint-{step:07}")
+}
+
+impl Trainer {
+    /// A trainer starting from `params`. When `config.out_dir/latest` names a checkpoint,
+    /// call [`resume`](Self::resume) to continue from it.
+    pub fn new(params: Params, config: TrainConfig) -> Result<Self> {
+        if config.steps == 0 {
+            return Err(Error::invalid_arg("steps", "must be at least 1"));
+        }
+        if config.grad_accum == 0 {
+            return Err(Error::invalid_arg("grad_accum", "must be at least 1"));
+        }
+        if !(config.lr.is_finite() && config.lr > 0.0) {
+            return Err(Error::invalid_arg("lr", "must be finite and > 0"));
+        }
+        let model = params.model()?;
+        Ok(Self {
+            optimizer: AdamW::new(config.adamw),
+            state: TrainerState {
+                step: 0,
+                config: config.clone(),
+                initial_eval_loss: None,
+                best_eval: None,
+                history: Vec::new(),
+                elapsed_secs: 0.0,
+            },
+            params,
+            model,
+            config,
+            verbose: true,
+        })
+    }
+
+    /// The parameters being trained.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The model view of the parameters.
+    pub fn model(&self) -> &ElmerModel {
+        &self.model
+    }
+
+    /// Current state.
+    pub fn state(&self) -> &TrainerState {
+        &self.state
+    }
+
+    /// The checkpoint `out_dir/latest` points to, if any.
+    pub fn latest_checkpoint(out_dir: &Path) -> Option<PathBuf> {
+        let name = std::fs::read_to_string(out_dir.join("latest")).ok()?;
+        let p = out_dir.join(name.trim());
+        p.is_dir().then_some(p)
+    }
+
+    /// Restores weights, optimizer moments and state from `out_dir/latest` when present;
+    /// returns the step resumed from (0 when there is no checkpoint).
+    pub fn resume(&mut self) -> Result<usize> {
+        let Some(dir) = Self::latest_checkpoint(&self.config.out_dir) else {
+            return Ok(0);
+        };
+        let device = self.params.device().clone();
+        let loaded = Params::from_dir(&dir, &device)?;
+        for (name, var) in self.params.vars() {
+            let t = loaded
+                .vars()
+                .get(name)
+                .ok_or_else(|| Error::MissingTensor {
+                    name: name.clone(),
+                    hint: Some(format!("resuming from {}", dir.display())),
+                })?;
+            var.set(t.as_tensor())?;
+        }
+        let state_path = dir.join("trainer_state.json");
+        let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+        let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::Parse {
+            path: state_path.clone(),
+            message: e.to_string(),
+        })?;
+        let opt_path = dir.join("optimizer.safetensors");
+        let moments =
+            candle_core::safetensors::load(&opt_path, &Device::Cpu).map_err(|e| Error::Parse {
+                path: opt_path.clone(),
+                message: e.to_string(),
+            })?;
+        self.optimizer
+            .load_state(moments, state.step as u64, &device)?;
+        self.state = TrainerState {
+            config: self.config.clone(),
+            ..state
+        };
+        Ok(self.state.step)
+    }
+
+    fn trainable(&self, name: &str) -> bool {
+        name != "final_logits_bias" || self.config.train_final_logits_bias
+    }
+
+    /// Writes a checkpoint of the current step atomically and updates `latest`.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let out = &self.config.out_dir;
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let name = checkpoint_name(self.state.step);
+        let tmp = out.join(format!(".tmp-{name}"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        self.params.save(&tmp)?;
+        let moments = self.optimizer.state_tensors()?;
+        candle_core::safetensors::save(&moments, tmp.join("optimizer.safetensors")).map_err(
+            |e| Error::Parse {
+                path: tmp.join("optimizer.safetensors"),
+                message: e.to_string(),
+            },
+        )?;
+        let state = serde_json::to_string_pretty(&self.state).map_err(|e| Error::Parse {
+            path: tmp.join("trainer_state.json"),
+            message: e.to_string(),
+        })?;
+        write_atomic(&tmp.join("trainer_state.json"), state.as_bytes())?;
+        let dst = out.join(&name);
+        if dst.exists() {
+            std::fs::remove_dir_all(&dst).map_err(|e| Error::io(&dst, e))?;
+        }
+        std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+        write_atomic(&out.join("latest"), name.as_bytes())?;
+        self.prune_checkpoints()?;
+        Ok(dst)
+    }
+
+    fn prune_checkpoints(&self) -> Result<()> {
+        let out = &self.config.out_dir;
+        let mut ckpts: Vec<PathBuf> = std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("checkpoint-"))
+            })
+            .collect();
+        ckpts.sort();
+        let keep = self.config.keep_checkpoints.max(1);
+        if ckpts.len() > keep {
+            for p in &ckpts[..ckpts.len() - keep] {
+                std::fs::remove_dir_all(p).map_err(|e| Error::io(p, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn save_best(&self) -> Result<()> {
+        let out = &self.config.out_dir;
+        let tmp = out.join(".tmp-best");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        self.params.save(&tmp)?;
+        let best = out.join("best");
+        if best.exists() {
+            std::fs::remove_dir_all(&best).map_err(|e| Error::io(&best, e))?;
+        }
+        std::fs::rename(&tmp, &best).map_err(|e| Error::io(&best, e))
+    }
+
+    fn evaluate(&mut self, obj: &dyn Objective) -> Result<f64> {
+        let l = obj.eval_loss(&self.model)?;
+        let better = self.state.best_eval.is_none_or(|(_, b)| l < b);
+        if better {
+            self.state.best_eval = Some((self.state.step, l));
+            if self.state.step > 0 {
+                self.save_best()?;
+            }
+        }
+        Ok(l)
+    }
+
+    /// One optimizer step: accumulate micro-batch gradients, clip, update. Returns the entry.
+    fn train_step(&mut self, obj: &dyn Objective, schedule: &LinearSchedule) -> Result<LogEntry> {
+        let step = self.state.step;
+        let start = Instant::now();
+        let accum = self.config.grad_accum;
+        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+        let mut loss_sum = 0.0;
+        let mut tokens = 0;
+        for micro in 0..accum {
+            let mut rng = StdRng::seed_from_u64(step_seed(self.config.seed, step, micro, 1));
+            let drop_rng = RefCell::new(StdRng::seed_from_u64(step_seed(
+                self.config.seed,
+                step,
+                micro,
+                2,
+            )));
+            let m = obj.train_loss(
+                &self.model,
+                step,
+                micro,
+                &mut rng,
+                Mode::Train { rng: &drop_rng },
+            )?;
+            let value = m
+                .loss
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+            if !value.is_finite() {
+                return Err(Error::invalid_arg(
+                    "loss",
+                    format!("non-finite training loss {value} at step {}", step + 1),
+                ));
+            }
+            loss_sum += value;
+            tokens += m.tokens;
+            let scaled = (m.loss / accum as f64)?;
+            let g = scaled.backward()?;
+            for (name, var) in self.params.vars() {
+                if !self.trainable(name) {
+                    continue;
+                }
+                if let Some(gv) = g.get(var.as_tensor()) {
+                    let gv = gv.detach();
+                    let e = grads.remove(name);
+                    grads.insert(
+                        name.clone(),
+                        match e {
+                            Some(prev) => (prev + gv)?,
+                            None => gv,
+                        },
+                    );
+                }
+            }
+        }
+        let grad_norm = match self.config.max_grad_norm {
+            Some(max) => clip_grad_norm(&mut grads, max)?,
+            None => crate::train::optim::global_norm(&grads)?,
+        };
+        let lr = schedule.lr(step);
+        self.optimizer.step(&self.params, &grads, lr)?;
+        self.state.step += 1;
+        let secs = start.elapsed().as_secs_f64();
+        self.state.elapsed_secs += secs;
+        Ok(LogEntry {
+            step: self.state.step,
+            loss: loss_sum / accum as f64,
+            lr,
+            grad_norm,
+            tokens_per_sec: tokens as f64 / secs.max(1e-9),
+            eval_loss: None,
+        })
+    }
+
+    /// Trains up to `config.steps`, validating, logging and checkpointing on the way.
+    pub fn run(&mut self, obj: &dyn Objective) -> Result<TrainSummary> {
+        self.run_until(obj, self.config.steps)
+    }
+
+    /// Like [`run`](Self::run) but returns once `stop` steps are done (as if the process were
+    /// stopped there; only the periodic checkpoints are written).
+    pub fn run_until(&mut self, obj: &dyn Objective, stop: usize) -> Result<TrainSummary> {
+        let stop = stop.min(self.config.steps);
+        let resumed_from = self.state.step;
+        let schedule = LinearSchedule {
+            peak: self.config.lr,
+            warmup: self.config.warmup_steps,
+            total: self.config.steps,
+        };
+        if self.state.step == 0 && self.state.initial_eval_loss.is_none() {
+            let l = self.evaluate(obj)?;
+            self.state.initial_eval_loss = Some(l);
+            self.log(
+                &format!("step 0/{} | eval loss {l:.4}", self.config.steps),
+                true,
+            );
+        }
+        let tty = std::io::stderr().is_terminal();
+        let mut tok_time = (0.0f64, 0.0f64);
+        while self.state.step < stop {
+            let mut entry = self.train_step(obj, &schedule)?;
+            tok_time.0 += entry.tokens_per_sec * 1.0;
+            tok_time.1 += 1.0;
+            let step = self.state.step;
+            let last = step == self.config.steps;
+            if (self.config.eval_every > 0 && step % self.config.eval_every == 0) || last {
+                entry.eval_loss = Some(self.evaluate(obj)?);
+            }
+            let show =
+                step % self.config.log_every.max(1) == 0 || last || entry.eval_loss.is_some();
+            if show {
+                let remaining = (self.config.steps - step) as f64 * self.state.elapsed_secs
+                    / (step - resumed_from).max(1) as f64;
+                let eval = entry
+                    .eval_loss
+                    .map(|l| format!(" | eval {l:.4}"))
+                    .unwrap_or_default();
+                self.log(
+                    &format!(
+                        "step {step}/{} | loss {:.4} | lr {:.2e} | grad {:.2} | {:.0} tok/s | eta {:.0}s{eval}",
+                        self.config.steps, entry.loss, entry.lr, entry.grad_norm, entry.tokens_per_sec, remaining
+                    ),
+                    !tty || entry.eval_loss.is_some() || last,
+                );
+            }
+            self.state.history.push(entry);
+            if (self.config.save_every > 0 && step % self.config.save_every == 0) || last {
+                self.save_checkpoint()?;
+            }
+        }
+        let tps = if tok_time.1 > 0.0 {
+            tok_time.0 / tok_time.1
+        } else {
+            0.0
+        };
+        if self.verbose {
+            let first = self.state.initial_eval_loss.unwrap_or(f64::NAN);
+            let last = self
+                .state
+                .history
+                .iter()
+                .rev()
+                .find_map(|e| e.eval_loss)
+                .unwrap_or(f64::NAN);
+            eprintln!(
+                "\ntrained {} steps in {:.1}s ({tps:.0} tok/s); eval loss {first:.4} -> {last:.4}; best {:?}",
+                self.state.step, self.state.elapsed_secs, self.state.best_eval
+            );
+        }
+        Ok(TrainSummary {
+            state: self.state.clone(),
+            resumed_from,
+            tokens_per_sec: tps,
+        })
+    }
+
+    fn log(&self, line: &str, newline: bool) {
+        if !self.verbose {
+            return;
+        }
+        let mut e = std::io::stderr().lock();
+        if newline {
+            let _ = writeln!(e, "\r{line}");
+        } else {
+            let _ = write!(e, "\r{line}");
+            let _ = e.flush();
+        }
+    }
+}
