@@ -205,6 +205,11 @@ impl Decoder {
         &self.layers
     }
 
+    /// Decoder input embeddings `[batch, T, d]` of `ids`.
+    pub(crate) fn embed(&self, ids: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.embeddings.forward(ids, "decoder_input_ids", mode)
+    }
+
     /// Runs one NAR decoder pass with the policy in `opts`.
     pub(crate) fn forward(
         &self,
@@ -378,21 +383,24 @@ impl Decoder {
         })
     }
 
-    fn forward_fixed_dense(
+    /// Dense fixed-exit pass: each token's state at its exit layer `[batch, T, d]`, plus the
+    /// (copied) states after every layer when `keep_layers`. Differentiable; the copies are
+    /// detached in training when configured.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn fixed_exit_states(
         &self,
         mut h: Tensor,
         exits: &Tensor,
         enc: &EncoderSide,
         self_mask: Option<&Tensor>,
-        opts: &DecodeOptions,
+        keep_layers: bool,
         mode: Mode,
-    ) -> Result<DecoderOutput> {
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let n = self.num_layers();
         let (b, t, d) = h.dims3()?;
-        let exits = exits.to_dtype(DType::U32)?.to_device(h.device())?;
         let detach = self.detach_copied && mode.is_train();
         let mut exit_state: Option<Tensor> = None;
-        let mut ramps = Vec::new();
+        let mut layers = Vec::new();
         for i in 0..n {
             let l = (i + 1) as u32;
             // Tokens that exited below layer l enter it as copies of their exit state,
@@ -415,11 +423,33 @@ impl Decoder {
                     .broadcast_as((b, t, d))?
                     .where_cond(&new, &s)?,
             });
-            if opts.output_offramp_logits {
-                ramps.push(self.offramps.logits(i + 1, &h)?);
+            if keep_layers {
+                layers.push(h.clone());
             }
         }
         let state = exit_state.ok_or_else(|| Error::config("decoder_layers", "is zero"))?;
+        Ok((state, layers))
+    }
+
+    fn forward_fixed_dense(
+        &self,
+        h: Tensor,
+        exits: &Tensor,
+        enc: &EncoderSide,
+        self_mask: Option<&Tensor>,
+        opts: &DecodeOptions,
+        mode: Mode,
+    ) -> Result<DecoderOutput> {
+        let n = self.num_layers();
+        let (b, t, _) = h.dims3()?;
+        let exits = exits.to_dtype(DType::U32)?.to_device(h.device())?;
+        let (state, layers) =
+            self.fixed_exit_states(h, &exits, enc, self_mask, opts.output_offramp_logits, mode)?;
+        let ramps = layers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| self.offramps.logits(i + 1, h))
+            .collect::<Result<Vec<_>>>()?;
         let logits = match self.offramps.kind() {
             OffRampKind::Shared => self.offramps.logits(1, &state)?,
             OffRampKind::PerLayer => {

@@ -25,6 +25,7 @@ pub mod decoder;
 pub mod embedding;
 pub mod encoder;
 pub mod exit;
+pub mod kernels;
 pub mod nn;
 pub mod offramp;
 
@@ -317,6 +318,44 @@ impl ElmerModel {
         };
         self.decoder
             .forward(&side, &ids, self_mask.as_ref(), opts, mode)
+    }
+
+    /// Training helper: each token's decoder state at its fixed exit layer, `[batch, T, d]`
+    /// (the dense LPLM pass, differentiable; copies detached when configured).
+    pub fn fixed_exit_hidden(
+        &self,
+        enc: &EncoderOutput,
+        decoder_input_ids: &Tensor,
+        decoder_attention_mask: Option<&Tensor>,
+        exits: &Tensor,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let ids = self.check_ids(decoder_input_ids, "decoder_input_ids")?;
+        let self_mask = self.check_mask(decoder_attention_mask, &ids, "decoder_attention_mask")?;
+        let computed;
+        let cross = match &enc.cross {
+            Some(c) => c.as_slice(),
+            None => {
+                computed = self.cross_kv(&enc.hidden)?;
+                computed.as_slice()
+            }
+        };
+        let side = EncoderSide {
+            mask: enc.mask.as_ref(),
+            cross,
+        };
+        let h0 = self.decoder.embed(&ids, mode)?;
+        let exits = exits.to_dtype(DType::U32)?.to_device(&self.device)?;
+        if exits.dims() != ids.dims() {
+            return Err(Error::invalid_arg(
+                "exit_layers",
+                format!("shape {:?}, expected {:?}", exits.dims(), ids.dims()),
+            ));
+        }
+        Ok(self
+            .decoder
+            .fixed_exit_states(h0, &exits, &side, self_mask.as_ref(), false, mode)?
+            .0)
     }
 
     /// Decodes a fresh slot of `target_len` (`[<s>, <mask>...]`) for every example of `enc`

@@ -138,6 +138,11 @@ impl Linear {
         &self.weight
     }
 
+    /// The bias `[out]`, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     /// Applies the layer to `[..., in]`, giving `[..., out]`.
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let dims = xs.dims();

@@ -52,6 +52,24 @@ impl OffRamps {
         self.kind
     }
 
+    /// The projection `[vocab, d]` and bias `[vocab]` of the off-ramp after `layer` (1-based).
+    pub fn projection(&self, layer: usize) -> Result<(&Tensor, &Tensor)> {
+        if layer == 0 || layer > self.num_layers {
+            return Err(Error::invalid_arg(
+                "layer",
+                format!("off-ramp layer {layer} is outside 1..={}", self.num_layers),
+            ));
+        }
+        let ramp = match self.kind {
+            OffRampKind::Shared => &self.shared,
+            OffRampKind::PerLayer => &self.per_layer[layer - 1],
+        };
+        let bias = ramp
+            .bias()
+            .ok_or_else(|| Error::Unsupported("off-ramp without bias".into()))?;
+        Ok((ramp.weight(), bias))
+    }
+
     /// Logits `[.., vocab]` of the off-ramp after layer `layer` (1-based, 1..=L) for `h` `[.., d]`.
     pub fn logits(&self, layer: usize, h: &Tensor) -> Result<Tensor> {
         if layer == 0 || layer > self.num_layers {

@@ -117,8 +117,22 @@ impl Batch {
 /// Sum of the NLL of `labels` under `logits` over non-pad positions, and their count.
 /// `logits` `[batch, T, vocab]`, `labels` `[batch, T]`. Returns (scalar sum, count).
 pub fn masked_nll_sum(logits: &Tensor, labels: &Tensor, pad_id: u32) -> Result<(Tensor, usize)> {
-    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
     let labels = labels.to_dtype(DType::U32)?;
+    let (b, t, v) = logits.dims3()?;
+    // Fused CPU kernel (one pass per row, all cores); composed ops elsewhere.
+    if let Some(nll) = crate::model::kernels::cross_entropy_rows(
+        &logits.reshape((b * t, v))?,
+        &labels.flatten_all()?,
+        pad_id,
+    )? {
+        let count = labels
+            .ne(pad_id)?
+            .to_dtype(DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()? as usize;
+        return Ok((nll.sum_all()?, count));
+    }
+    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
     let picked = logp.gather(&labels.unsqueeze(2)?, 2)?.squeeze(2)?; // [B, T]
     let keep = labels.ne(pad_id)?.to_dtype(DType::F32)?;
     let count = keep.sum_all()?.to_scalar::<f32>()? as usize;
@@ -144,6 +158,10 @@ fn encode(model: &ElmerModel, batch: &Batch, mode: Mode) -> Result<EncoderOutput
 
 /// LPLM loss for exit assignments `exits` (k tensors `[batch, T]`, values 1..=L): the encoder
 /// runs once, the decoder once per assignment; mean NLL over all assignments and non-pad tokens.
+///
+/// With the shared off-ramp, the exit states of all assignments are packed (non-pad rows
+/// only) into one `[rows, d]` matrix, projected once and scored with the fused CPU
+/// cross-entropy (bias folded in), so no padded logits are materialised.
 pub fn lplm_loss(
     model: &ElmerModel,
     batch: &Batch,
@@ -158,12 +176,69 @@ pub fn lplm_loss(
     }
     let pad = model.config().pad_token_id;
     let enc = encode(model, batch, mode)?;
+    if model.config().elmer_offramps == crate::config::OffRampKind::PerLayer {
+        return lplm_loss_per_layer(model, &enc, batch, exits, mode);
+    }
+    let labels: Vec<u32> = batch.labels.flatten_all()?.to_vec1()?;
+    let keep: Vec<u32> = labels
+        .iter()
+        .enumerate()
+        .filter(|(_, &y)| y != pad)
+        .map(|(i, _)| i as u32)
+        .collect();
+    let per = keep.len();
+    if per == 0 {
+        return Err(Error::invalid_arg("labels", "every label is <pad>"));
+    }
+    let dev = model.device();
+    let keep_t = Tensor::from_vec(keep.clone(), per, dev)?;
+    let mut rows = Vec::with_capacity(exits.len());
+    for e in exits {
+        let h = model.fixed_exit_hidden(
+            &enc,
+            &batch.decoder_input_ids,
+            Some(&batch.decoder_attention_mask),
+            e,
+            mode,
+        )?;
+        let (b, t, d) = h.dims3()?;
+        rows.push(h.reshape((b * t, d))?.index_select(&keep_t, 0)?);
+    }
+    let rows = Tensor::cat(&rows, 0)?;
+    let y: Vec<u32> = (0..exits.len())
+        .flat_map(|_| keep.iter().map(|&i| labels[i as usize]))
+        .collect();
+    let y = Tensor::from_vec(y, rows.dim(0)?, dev)?;
+    let (w, bias) = model.decoder().offramps().projection(1)?;
+    let logits = rows.matmul(&w.t()?)?;
+    let n = rows.dim(0)? as f64;
+    let nll = match crate::model::kernels::cross_entropy_rows_with_bias(&logits, &y, bias, pad)? {
+        Some(nll) => nll,
+        None => {
+            let logp = candle_nn::ops::log_softmax(
+                &logits.broadcast_add(bias)?.to_dtype(DType::F32)?,
+                D::Minus1,
+            )?;
+            logp.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?
+        }
+    };
+    Ok((nll.sum_all()? / n)?)
+}
+
+fn lplm_loss_per_layer(
+    model: &ElmerModel,
+    enc: &EncoderOutput,
+    batch: &Batch,
+    exits: &[Tensor],
+    mode: Mode,
+) -> Result<Tensor> {
+    let pad = model.config().pad_token_id;
     let mut total: Option<Tensor> = None;
     let mut count = 0;
     for e in exits {
         let opts = DecodeOptions::new(ExitPolicy::Fixed(e.clone())).with_logits();
         let out = model.decode_with_mode(
-            &enc,
+            enc,
             &batch.decoder_input_ids,
             Some(&batch.decoder_attention_mask),
             &opts,
