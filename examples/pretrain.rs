@@ -36,7 +36,7 @@ struct Args {
     /// Seed of every random draw.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Model size: tiny (d 64, 2+2), small (d 256, 3+3), base (d 768, 6+6).
+    /// Model size: tiny (d 64, 2+2), small (d 192, 3+3), base (d 768, 6+6).
     #[arg(long, default_value = "tiny")]
     preset: String,
     /// Start from an existing BART/ELMER checkpoint directory instead of random weights.
@@ -83,7 +83,7 @@ struct Args {
 fn preset(name: &str) -> Result<ElmerConfig, elmer::Error> {
     let (d, layers, heads, ffn, pos) = match name {
         "tiny" => (64, 2, 4, 256, 256),
-        "small" => (256, 3, 4, 1024, 512),
+        "small" => (192, 3, 6, 768, 256),
         "base" => (768, 6, 12, 3072, 1024),
         other => {
             return Err(elmer::Error::invalid_arg(

@@ -190,6 +190,12 @@ impl<'a> Generator<'a> {
                     "soft exit needs a `concat_head.weight` in the checkpoint".into(),
                 ))
             }
+            ExitPolicy::Hard { threshold } if !threshold.is_finite() || *threshold < 0.0 => {
+                return Err(Error::invalid_arg(
+                    "policy",
+                    format!("hard-exit entropy threshold must be finite and >= 0, got {threshold}"),
+                ))
+            }
             _ => {}
         }
         Ok(Self {
@@ -292,9 +298,10 @@ impl<'a> Generator<'a> {
         let mut mask = Vec::with_capacity(b * s);
         for src in batch {
             ids.extend_from_slice(src);
-            ids.extend(std::iter::repeat_n(pad, s - src.len()));
-            mask.extend(std::iter::repeat_n(1u32, src.len()));
-            mask.extend(std::iter::repeat_n(0u32, s - src.len()));
+            // (`resize`, not `iter::repeat_n`: that needs Rust 1.82, the MSRV is 1.80.)
+            ids.resize(ids.len() + s - src.len(), pad);
+            mask.resize(mask.len() + src.len(), 1u32);
+            mask.resize(mask.len() + s - src.len(), 0u32);
         }
         let start = Instant::now();
         let ids = Tensor::from_vec(ids, (b, s), dev)?;

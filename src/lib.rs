@@ -10,16 +10,17 @@
 //! ([`ExitPolicy::LastLayer`]).
 //!
 //! Modules:
-//! - [`config`]: the BART `config.json` plus ELMER options;
-//! - [`model`]: encoder, NAR decoder, off-ramps, exit policies;
-//! - [`checkpoint`]: loading (safetensors, sharded, `pytorch_model.bin`; both name layouts)
+//! - [`config`] - the BART `config.json` plus ELMER options;
+//! - [`model`] - encoder, NAR decoder, off-ramps, exit policies;
+//! - [`checkpoint`] - loading (safetensors, sharded, `pytorch_model.bin`; both name layouts)
 //!   and saving in the Hugging Face layout; `hub` downloads (feature `hub`);
-//! - [`tokenizer`]: the BART byte-level BPE tokenizer;
-//! - [`generate`]: batched generation from text or ids, exit statistics;
-//! - [`metrics`]: ROUGE, BLEU, METEOR and Distinct, matched to the reference scorers.
+//! - [`tokenizer`] - the BART byte-level BPE tokenizer;
+//! - [`generate`] - batched generation from text or ids, exit statistics;
+//! - [`metrics`] - ROUGE, BLEU, METEOR and Distinct, matched to the reference scorers.
 
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod generate;
 #[cfg(feature = "hub")]

@@ -26,6 +26,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate one output per input line (stdin when no --input), in input order.
+    ///
+    /// Output line i answers input line i. An empty (or all-whitespace) input line is not
+    /// sent to the model: it gets a warning on stderr and an empty output line (with --json,
+    /// an object with empty text/ids/exit_layers and "skipped": "empty input line").
+    /// A summary (outputs, exit policy, per-layer exit fractions, mean latency) goes to stderr.
     Generate {
         /// Checkpoint directory or model-hub id (hub ids need the `hub` feature).
         #[arg(long, default_value = elmer::DEFAULT_MODEL_DIR)]
@@ -75,6 +80,56 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Score hypotheses against references: ROUGE, BLEU, METEOR, Distinct
+    ///
+    /// One text per line; line i of every --ref file is a reference for line i of --hyp
+    /// (give --ref several times for multiple references). All files must have the same
+    /// number of lines. Prints one aligned table, values in percent with 2 decimals as in
+    /// papers, or with --json one object with raw values (0..1 for ROUGE/BLEU/METEOR;
+    /// Distinct is already in percent, hence the `_pct` keys).
+    ///
+    /// Which public scorer each number matches:
+    ///   ROUGE-1/2/L/Lsum F1  Google rouge-score 0.1.2 (rouge_scorer, use_stemmer=True unless
+    ///                        --no-stem), mean over pairs, best reference per pair; each line
+    ///                        is one sentence for Lsum, so Lsum equals L here
+    ///   BLEU-1..4            pycocoevalcap 1.2 Bleu(4): corpus BLEU, closest reference length,
+    ///                        whitespace tokens, case-sensitive
+    ///   ROUGE-L (coco)       pycocoevalcap 1.2 Rouge: LCS F-measure with beta 1.2, mean over pairs
+    ///   METEOR               pycocoevalcap METEOR 1.5 (meteor-1.5.jar -l en -norm): corpus score;
+    ///                        exact + stem modules always, synonyms/paraphrases only with
+    ///                        --meteor-synonyms/--meteor-paraphrase (the jar uses all four; without
+    ///                        the tables scores are slightly lower than the jar's)
+    ///   Distinct-1/2         distinct n-grams / all n-grams x 100 over all hypotheses
+    ///
+    /// None of the scorers runs the PTB tokenizer first; tokenize the files yourself if your
+    /// reference numbers did. ROUGE as computed by files2rouge / the ROUGE-1.5.5 Perl script is
+    /// NOT what this computes: expect small differences (tokenisation, stemmer) from papers that
+    /// used it (e.g. ELMER's XSUM numbers).
+    #[command(verbatim_doc_comment)]
+    Score {
+        /// Hypotheses, one per line.
+        #[arg(long, value_name = "FILE")]
+        hyp: PathBuf,
+        /// References, one per line, aligned with --hyp; repeat for multiple references.
+        #[arg(long = "ref", value_name = "FILE", required = true)]
+        refs: Vec<PathBuf>,
+        /// Print one JSON object with raw values instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// ROUGE without Porter stemming (rouge-score use_stemmer=False).
+        #[arg(long)]
+        no_stem: bool,
+        /// Directory with METEOR's english.synsets and english.exceptions
+        /// (`unzip meteor-1.5.jar 'synonym/*'`): enables synonym matching.
+        #[arg(long, value_name = "DIR")]
+        meteor_synonyms: Option<PathBuf>,
+        /// METEOR's paraphrase-en.gz (gzip or plain text): enables paraphrase matching.
+        #[arg(long, value_name = "FILE")]
+        meteor_paraphrase: Option<PathBuf>,
+        /// Skip METEOR (the slowest scorer).
+        #[arg(long, conflicts_with_all = ["meteor_synonyms", "meteor_paraphrase"])]
+        no_meteor: bool,
     },
 }
 
@@ -226,7 +281,7 @@ fn generate(
             }
             (Some(g), false) => {
                 total_ms += g.latency_ms;
-                g.text.replace('\n', " ")
+                g.text.replace(['\n', '\r'], " ")
             }
             (None, true) => serde_json::json!({
                 "text": "", "ids": [], "exit_layers": [], "latency_ms": 0.0, "skipped": "empty input line"
@@ -362,6 +417,176 @@ fn inspect(model: &str, json: bool) -> Result<(), Error> {
     Ok(())
 }
 
+/// Options of `elmer score`.
+struct ScoreArgs<'a> {
+    hyp: &'a Path,
+    refs: &'a [PathBuf],
+    json: bool,
+    stem: bool,
+    meteor_synonyms: Option<&'a Path>,
+    meteor_paraphrase: Option<&'a Path>,
+    meteor: bool,
+}
+
+fn score(a: &ScoreArgs) -> Result<(), Error> {
+    use elmer::metrics::{score_all_with, Meteor};
+    let hyps = read_lines(Some(a.hyp))?;
+    let mut ref_files = Vec::with_capacity(a.refs.len());
+    for p in a.refs {
+        let lines = read_lines(Some(p))?;
+        if lines.len() != hyps.len() {
+            return Err(Error::invalid_arg(
+                "--ref",
+                format!(
+                    "{} has {} but --hyp {} has {}; line i of every --ref file must be a \
+                     reference for line i of --hyp",
+                    p.display(),
+                    count_lines(lines.len()),
+                    a.hyp.display(),
+                    count_lines(hyps.len())
+                ),
+            ));
+        }
+        ref_files.push(lines);
+    }
+    if hyps.is_empty() {
+        return Err(Error::invalid_arg(
+            "--hyp",
+            format!("{} has no lines to score", a.hyp.display()),
+        ));
+    }
+    let refs: Vec<Vec<&str>> = (0..hyps.len())
+        .map(|i| ref_files.iter().map(|f| f[i].as_str()).collect())
+        .collect();
+    let mut modules = Vec::new();
+    let meteor = if a.meteor {
+        let mut m = Meteor::default();
+        modules.extend(["exact", "stem"]);
+        if let Some(d) = a.meteor_synonyms {
+            m = m.with_synonym_dir(d).map_err(|e| Error::io(d, e))?;
+            modules.push("synonym");
+        }
+        if let Some(f) = a.meteor_paraphrase {
+            m = m.with_paraphrase_table(f).map_err(|e| Error::io(f, e))?;
+            modules.push("paraphrase");
+        }
+        Some(m)
+    } else {
+        None
+    };
+    let r = score_all_with(&hyps, &refs, a.stem, meteor.as_ref())?;
+    if a.json {
+        let v = serde_json::json!({
+            "num_pairs": r.num_pairs,
+            "num_refs": a.refs.len(),
+            "rouge_stemmed": r.rouge_stemmed,
+            "rouge1_f1": r.rouge1_f1,
+            "rouge2_f1": r.rouge2_f1,
+            "rouge_l_f1": r.rouge_l_f1,
+            "rouge_lsum_f1": r.rouge_lsum_f1,
+            "bleu1": r.bleu[0],
+            "bleu2": r.bleu[1],
+            "bleu3": r.bleu[2],
+            "bleu4": r.bleu[3],
+            "rouge_l_coco": r.rouge_l_coco,
+            "meteor": r.meteor,
+            "meteor_modules": modules,
+            "distinct1_pct": r.distinct1,
+            "distinct2_pct": r.distinct2,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    let rouge = format!(
+        "rouge-score 0.1.2, {}",
+        if r.rouge_stemmed {
+            "stemmed"
+        } else {
+            "no stemming"
+        }
+    );
+    let bleu = "pycocoevalcap Bleu(4), corpus";
+    let mut rows: Vec<(String, Option<f64>, String)> = vec![
+        (
+            "ROUGE-1 F1".into(),
+            Some(r.rouge1_f1 * 100.0),
+            rouge.clone(),
+        ),
+        (
+            "ROUGE-2 F1".into(),
+            Some(r.rouge2_f1 * 100.0),
+            rouge.clone(),
+        ),
+        (
+            "ROUGE-L F1".into(),
+            Some(r.rouge_l_f1 * 100.0),
+            rouge.clone(),
+        ),
+        ("ROUGE-Lsum F1".into(), Some(r.rouge_lsum_f1 * 100.0), rouge),
+    ];
+    for (n, b) in r.bleu.iter().enumerate() {
+        rows.push((format!("BLEU-{}", n + 1), Some(b * 100.0), bleu.into()));
+    }
+    rows.push((
+        "ROUGE-L (coco)".into(),
+        Some(r.rouge_l_coco * 100.0),
+        "pycocoevalcap Rouge, beta 1.2".into(),
+    ));
+    rows.push((
+        "METEOR".into(),
+        r.meteor.map(|m| m * 100.0),
+        if a.meteor {
+            format!("pycocoevalcap METEOR 1.5, modules {}", modules.join("+"))
+        } else {
+            "skipped (--no-meteor)".into()
+        },
+    ));
+    rows.push((
+        "Distinct-1".into(),
+        Some(r.distinct1),
+        "distinct unigrams / all x 100".into(),
+    ));
+    rows.push((
+        "Distinct-2".into(),
+        Some(r.distinct2),
+        "distinct bigrams / all x 100".into(),
+    ));
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    let mut out = format!(
+        "{} pairs, {} reference(s) each; values in percent\n",
+        r.num_pairs,
+        a.refs.len()
+    );
+    out.push_str(&format!("{:<width$}  {:>7}  scorer\n", "metric", "value"));
+    for (name, value, scorer) in rows {
+        let v = value.map_or("-".to_string(), |v| format!("{v:.2}"));
+        out.push_str(&format!("{name:<width$}  {v:>7}  {scorer}\n"));
+    }
+    w.write_all(out.as_bytes())
+        .and_then(|()| w.flush())
+        .map_err(|e| Error::io("<stdout>", e))
+}
+
+fn count_lines(n: usize) -> String {
+    if n == 1 {
+        "1 line".into()
+    } else {
+        format!("{n} lines")
+    }
+}
+
+/// One line, whatever the error's message holds.
+fn one_line(e: &Error) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match &cli.command {
@@ -392,11 +617,28 @@ fn main() -> ExitCode {
             input,
         } => tokenize(tokenizer, *json, input.as_deref()),
         Command::Inspect { model, json } => inspect(model, *json),
+        Command::Score {
+            hyp,
+            refs,
+            json,
+            no_stem,
+            meteor_synonyms,
+            meteor_paraphrase,
+            no_meteor,
+        } => score(&ScoreArgs {
+            hyp,
+            refs,
+            json: *json,
+            stem: !*no_stem,
+            meteor_synonyms: meteor_synonyms.as_deref(),
+            meteor_paraphrase: meteor_paraphrase.as_deref(),
+            meteor: !*no_meteor,
+        }),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }

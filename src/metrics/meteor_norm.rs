@@ -237,7 +237,7 @@ impl Normalizer {
                     j += 1;
                 }
                 t.extend(" DOTMULTI".chars());
-                t.extend(std::iter::repeat('.').take(j - i - 1));
+                t.extend(std::iter::repeat_n('.', j - i - 1));
                 i = j;
             } else {
                 t.push(w[i]);

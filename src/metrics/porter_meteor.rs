@@ -29,7 +29,7 @@ fn ends_with(w: &[char], suf: &str) -> bool {
 fn longest<'a>(w: &[char], list: &[&'a str]) -> Option<&'a str> {
     let mut best: Option<&'a str> = None;
     for s in list {
-        if ends_with(w, s) && best.map_or(true, |b| s.len() > b.len()) {
+        if ends_with(w, s) && best.is_none_or(|b| s.len() > b.len()) {
             best = Some(s);
         }
     }

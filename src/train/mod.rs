@@ -5,9 +5,11 @@
 //! - [`params`]: trainable parameters (initialisation, loading, saving);
 //! - [`optim`]: AdamW with linear warm-up/decay and global-norm clipping;
 //! - [`trainer`]: the training loop (accumulation, validation, atomic checkpoints, resume);
-//! - [`lplm`]: the pre-training corpus and objective.
+//! - [`lplm`]: the pre-training corpus and objective;
+//! - [`finetune`]: soft / hard / last-layer fine-tuning on (source, target) pairs.
 
 pub mod corruption;
+pub mod finetune;
 pub mod loss;
 pub mod lplm;
 pub mod optim;

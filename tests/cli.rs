@@ -1,0 +1,614 @@
+//! End-to-end tests of the `elmer` binary (built with `--features cli`).
+
+#![cfg(feature = "cli")]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use candle_core::{Device, Tensor};
+use elmer::generate::{GenerationConfig, Generator};
+use elmer::metrics::{score_all, score_all_with};
+use elmer::{BartTokenizer, ElmerModel, ExitPolicy, LoadOptions};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+const TINY: &str = "tests/fixtures/tiny-random-bart";
+const CG: &str = "tests/fixtures/model/cg";
+
+const LINES: [&str; 5] = [
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog.",
+    "What is the capital of France?",
+    "numbers 1 2 3 4 5 6 7 8 9 10 11 12",
+    "a",
+];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the binary from the crate root with `args`, feeding `stdin` (empty when `None`).
+fn elmer(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_elmer"))
+        .args(args)
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run elmer");
+    {
+        let mut i = child.stdin.take().unwrap();
+        // The command may exit before reading stdin (errors): ignore a broken pipe.
+        let _ = i.write_all(stdin.unwrap_or(b""));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn ok(o: Output) -> Output {
+    assert!(o.status.success(), "failed: {}", stderr(&o));
+    o
+}
+
+/// Asserts a failure with one `error:` line on stderr and returns that line.
+#[track_caller]
+fn fails(o: Output) -> String {
+    assert!(!o.status.success(), "succeeded: {}", stdout(&o));
+    assert_ne!(o.status.code(), Some(0));
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "stderr: {err}");
+    assert!(lines[0].starts_with("error:"), "stderr: {err}");
+    assert!(o.stdout.is_empty(), "stdout: {}", stdout(&o));
+    lines[0].to_string()
+}
+
+fn write(dir: &Path, name: &str, content: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p.display().to_string()
+}
+
+fn lines_file(dir: &Path, name: &str, lines: &[&str]) -> String {
+    let mut s = lines.join("\n");
+    s.push('\n');
+    write(dir, name, s.as_bytes())
+}
+
+fn json_lines(o: &Output) -> Vec<Value> {
+    stdout(o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn u32s(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// The JSON lines without `latency_ms` (a timing).
+fn without_latency(vs: &[Value]) -> Vec<Value> {
+    vs.iter()
+        .map(|v| {
+            let mut v = v.clone();
+            v.as_object_mut().unwrap().remove("latency_ms");
+            v
+        })
+        .collect()
+}
+
+/// A copy of tiny-random-bart with a random `concat_head.weight` [16, 32] and the
+/// cross-attention value projections scaled by `cross_scale` (30 makes outputs depend on the
+/// source; the original's argmaxes are the same for every input).
+fn tiny_copy(cross_scale: f64) -> tempfile::TempDir {
+    let tiny = root().join(TINY);
+    let (cfg, w, _) = elmer::checkpoint::load_dir(&tiny, &LoadOptions::default()).unwrap();
+    let d = cfg.d_model;
+    let mut rng = StdRng::seed_from_u64(7);
+    let data: Vec<f32> = (0..d * 2 * d)
+        .map(|_| rng.random_range(-0.5f32..0.5))
+        .collect();
+    let mut map = w.map().clone();
+    for (k, t) in map.iter_mut() {
+        if k.contains("encoder_attn.v_proj") {
+            *t = (t.clone() * cross_scale).unwrap();
+        }
+    }
+    map.insert(
+        "concat_head.weight".into(),
+        Tensor::from_vec(data, (d, 2 * d), &Device::Cpu).unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    elmer::checkpoint::save_dir(dir.path(), &cfg, &map).unwrap();
+    for f in [
+        "tokenizer.json",
+        "vocab.json",
+        "merges.txt",
+        "special_tokens_map.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(tiny.join(f), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
+fn library_texts(dir: &str, policy: ExitPolicy, texts: &[&str]) -> Vec<(String, Vec<u32>)> {
+    let model = ElmerModel::from_dir(root().join(dir), &LoadOptions::default()).unwrap();
+    let tok = BartTokenizer::from_dir(root().join(dir)).unwrap();
+    let cfg = GenerationConfig {
+        policy,
+        ..GenerationConfig::default()
+    };
+    let mut g = Generator::new(&model, cfg).unwrap().with_tokenizer(&tok);
+    g.generate(texts)
+        .unwrap()
+        .into_iter()
+        .map(|g| (g.text, g.ids))
+        .collect()
+}
+
+#[test]
+fn generate_json_is_one_object_per_line_in_input_order() {
+    let sens = tiny_copy(30.0);
+    let sens_dir = sens.path().display().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = lines_file(tmp.path(), "in.txt", &LINES);
+    for model in [TINY, sens_dir.as_str()] {
+        let o = ok(elmer(
+            &["generate", "--model", model, "--input", &input, "--json"],
+            None,
+        ));
+        let vs = json_lines(&o);
+        assert_eq!(vs.len(), LINES.len());
+        let lib = library_texts(model, ExitPolicy::LastLayer, &LINES);
+        for (v, (text, ids)) in vs.iter().zip(&lib) {
+            let obj = v.as_object().unwrap();
+            let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+            keys.sort();
+            assert_eq!(keys, ["exit_layers", "ids", "latency_ms", "text"]);
+            let got_ids = u32s(&v["ids"]);
+            let layers = u32s(&v["exit_layers"]);
+            assert!(!got_ids.contains(&2), "{got_ids:?}");
+            assert_eq!(layers.len(), got_ids.len());
+            assert!(layers.iter().all(|l| (1..=2).contains(l)));
+            assert!(v["latency_ms"].as_f64().unwrap() >= 0.0);
+            assert_eq!(v["text"].as_str().unwrap(), text);
+            assert_eq!(&got_ids, ids);
+        }
+        // Same output from stdin.
+        let from_stdin = ok(elmer(
+            &["generate", "--model", model, "--json"],
+            Some(std::fs::read(&input).unwrap().as_slice()),
+        ));
+        assert_eq!(
+            without_latency(&json_lines(&from_stdin)),
+            without_latency(&vs)
+        );
+        // Plain output: one line per input line, the texts.
+        let plain = ok(elmer(
+            &["generate", "--model", model, "--input", &input],
+            None,
+        ));
+        let texts: Vec<&str> = vs.iter().map(|v| v["text"].as_str().unwrap()).collect();
+        assert_eq!(stdout(&plain).lines().collect::<Vec<_>>(), texts);
+        // The summary goes to stderr.
+        assert!(stderr(&plain).contains("5 outputs"), "{}", stderr(&plain));
+    }
+    // On the source-sensitive copy the outputs differ between lines (order is meaningful).
+    let o = ok(elmer(
+        &["generate", "--model", &sens_dir, "--input", &input],
+        None,
+    ));
+    let out = stdout(&o);
+    let distinct: std::collections::HashSet<&str> = out.lines().collect();
+    assert!(distinct.len() > 2, "{out}");
+}
+
+#[test]
+fn generate_exit_policies_batch_size_and_max_len() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = lines_file(tmp.path(), "in.txt", &LINES);
+    let sens = tiny_copy(30.0);
+    let sens_dir = sens.path().display().to_string();
+    let run = |model: &str, extra: &[&str]| -> Vec<Value> {
+        let mut args = vec!["generate", "--model", model, "--input", &input, "--json"];
+        args.extend_from_slice(extra);
+        json_lines(&ok(elmer(&args, None)))
+    };
+    let layers =
+        |vs: &[Value]| -> Vec<u32> { vs.iter().flat_map(|v| u32s(&v["exit_layers"])).collect() };
+
+    // hard:0.5 is above no entropy of this random model (all near ln 1000): last layer.
+    let last = run(TINY, &[]);
+    let hard = run(TINY, &["--exit", "hard:0.5"]);
+    assert_eq!(without_latency(&hard), without_latency(&last));
+    let hard_all = run(TINY, &["--exit", "hard:100"]);
+    assert!(layers(&hard_all).iter().all(|&l| l == 1));
+
+    // Soft exit on the concat_head copies.
+    let plain_copy = tiny_copy(1.0);
+    for dir in [plain_copy.path().display().to_string(), sens_dir.clone()] {
+        let soft = run(&dir, &["--exit", "soft"]);
+        assert_eq!(soft.len(), LINES.len());
+        assert!(layers(&soft).iter().all(|&l| l == 2));
+        let lib = library_texts(&dir, ExitPolicy::Soft, &LINES);
+        let texts: Vec<&str> = soft.iter().map(|v| v["text"].as_str().unwrap()).collect();
+        assert_eq!(texts, lib.iter().map(|x| x.0.as_str()).collect::<Vec<_>>());
+    }
+
+    // Batch size does not change the output.
+    for (model, exit) in [
+        (TINY, "last"),
+        (sens_dir.as_str(), "soft"),
+        (sens_dir.as_str(), "last"),
+    ] {
+        let b1 = run(model, &["--exit", exit, "--batch-size", "1"]);
+        let b4 = run(model, &["--exit", exit, "--batch-size", "4"]);
+        assert_eq!(without_latency(&b1), without_latency(&b4), "{model} {exit}");
+    }
+
+    // --max-len caps the ids.
+    for v in run(TINY, &["--max-len", "5"]) {
+        assert!(u32s(&v["ids"]).len() <= 5);
+    }
+    // --collapse-repeats is accepted and keeps the ids.
+    let c = run(TINY, &["--collapse-repeats"]);
+    for (a, b) in c.iter().zip(&last) {
+        assert_eq!(a["ids"], b["ids"]);
+    }
+}
+
+#[test]
+fn empty_input_line_gives_empty_output_line_and_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = lines_file(tmp.path(), "in.txt", &["Hello world", "", "  ", "a"]);
+    let plain = ok(elmer(
+        &["generate", "--model", TINY, "--input", &input],
+        None,
+    ));
+    let out = stdout(&plain);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(lines[1].is_empty() && lines[2].is_empty());
+    assert!(!lines[0].is_empty());
+    let err = stderr(&plain);
+    assert!(err.contains("warning: input line 2 is empty"), "{err}");
+    assert!(err.contains("warning: input line 3 is empty"), "{err}");
+    let json = ok(elmer(
+        &["generate", "--model", TINY, "--input", &input, "--json"],
+        None,
+    ));
+    let vs = json_lines(&json);
+    assert_eq!(vs.len(), 4);
+    for v in &vs[1..3] {
+        assert_eq!(v["skipped"], "empty input line");
+        assert_eq!(v["text"], "");
+        assert!(v["ids"].as_array().unwrap().is_empty());
+    }
+    assert!(vs[0].get("skipped").is_none());
+    // The skipped lines do not shift the others.
+    let alone = json_lines(&ok(elmer(
+        &["generate", "--model", TINY, "--json"],
+        Some(b"a\n"),
+    )));
+    assert_eq!(without_latency(&alone)[0], without_latency(&vs)[3]);
+    // CRLF line ends are accepted.
+    let crlf = ok(elmer(
+        &["generate", "--model", TINY],
+        Some(b"Hello world\r\na\r\n"),
+    ));
+    let crlf_out = stdout(&crlf);
+    assert_eq!(crlf_out.lines().collect::<Vec<_>>(), [lines[0], lines[3]]);
+}
+
+#[test]
+fn errors_are_one_line_and_fail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = lines_file(tmp.path(), "in.txt", &LINES);
+    let gen = |extra: &[&str]| {
+        let mut args = vec!["generate", "--input", &input];
+        args.extend_from_slice(extra);
+        elmer(&args, None)
+    };
+    let e = fails(gen(&["--model", "/nonexistent/model/dir"]));
+    assert!(e.contains("/nonexistent/model/dir"), "{e}");
+    let e = fails(gen(&["--model", tmp.path().to_str().unwrap()]));
+    assert!(e.contains("config.json"), "{e}");
+    for bad in ["hard:x", "hard:-1", "fast", "hard:", "hard:nan", "Hard:0.5"] {
+        let e = fails(gen(&["--model", TINY, "--exit", bad]));
+        assert!(e.contains("--exit"), "{bad}: {e}");
+    }
+    let e = fails(gen(&["--model", TINY, "--device", "bogus"]));
+    assert!(e.contains("bogus"), "{e}");
+    let e = fails(gen(&["--model", TINY, "--exit", "soft"]));
+    assert!(e.contains("concat_head"), "{e}");
+    let e = fails(gen(&["--model", TINY, "--max-len", "0"]));
+    assert!(e.contains("max_len"), "{e}");
+    let e = fails(gen(&["--model", TINY, "--max-len", "101"]));
+    assert!(e.contains("max_len"), "{e}");
+    let e = fails(gen(&["--model", TINY, "--batch-size", "0"]));
+    assert!(e.contains("batch_size"), "{e}");
+    let e = fails(gen(&["--model", CG]));
+    assert!(e.contains("tokenizer"), "{e}");
+
+    // Invalid UTF-8 on line 2, from a file and from stdin.
+    let bad = write(tmp.path(), "bad.txt", b"fine\nnot \xff utf8\n");
+    let e = fails(elmer(&["generate", "--model", TINY, "--input", &bad], None));
+    assert!(e.contains("bad.txt") && e.contains("line 2"), "{e}");
+    let e = fails(elmer(
+        &["generate", "--model", TINY],
+        Some(b"fine\nnot \xff utf8\n"),
+    ));
+    assert!(e.contains("<stdin>") && e.contains("line 2"), "{e}");
+    let e = fails(elmer(
+        &[
+            "generate",
+            "--model",
+            TINY,
+            "--input",
+            "/nonexistent/in.txt",
+        ],
+        None,
+    ));
+    assert!(e.contains("/nonexistent/in.txt"), "{e}");
+
+    // Score: mismatched line counts name both files and counts.
+    let hyp = lines_file(tmp.path(), "hyp.txt", &["a b", "c d", "e"]);
+    let r = lines_file(tmp.path(), "ref.txt", &["a b", "c d"]);
+    let e = fails(elmer(&["score", "--hyp", &hyp, "--ref", &r], None));
+    assert!(
+        e.contains("ref.txt")
+            && e.contains("hyp.txt")
+            && e.contains("2 lines")
+            && e.contains("3 lines"),
+        "{e}"
+    );
+}
+
+#[test]
+fn tokenize_prints_model_ids() {
+    let o = ok(elmer(
+        &["tokenize", "--tokenizer", "assets/tokenizer/bart-base"],
+        Some(b"Hello world\n"),
+    ));
+    assert_eq!(stdout(&o), "0 31414 232 2\n");
+    let o = ok(elmer(
+        &[
+            "tokenize",
+            "--tokenizer",
+            "assets/tokenizer/bart-base",
+            "--json",
+        ],
+        Some(b"Hello world\n"),
+    ));
+    let vs = json_lines(&o);
+    assert_eq!(vs.len(), 1);
+    assert_eq!(vs[0]["text"], "Hello world");
+    assert_eq!(u32s(&vs[0]["ids"]), [0, 31414, 232, 2]);
+    let tokens: Vec<&str> = vs[0]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens, ["<s>", "Hello", "\u{120}world", "</s>"]);
+}
+
+#[test]
+fn inspect_reports_parameters_and_concat_head() {
+    for (dir, has_concat) in [(CG, true), (TINY, false)] {
+        let (_, report) =
+            ElmerModel::from_dir_with_report(root().join(dir), &LoadOptions::default()).unwrap();
+        let total: usize = report.parameters.values().sum();
+        let out = stdout(&ok(elmer(&["inspect", "--model", dir], None)));
+        for (part, n) in &report.parameters {
+            let line = out
+                .lines()
+                .find(|l| l.starts_with("params") && l.contains(part.as_str()))
+                .unwrap_or_else(|| panic!("no params line for {part}: {out}"));
+            assert!(line.contains(&n.to_string()), "{line}");
+        }
+        assert!(out.contains(&total.to_string()), "{out}");
+        let concat = out.lines().find(|l| l.starts_with("concat_head")).unwrap();
+        let word = if has_concat { "present" } else { "absent" };
+        assert!(concat.contains(word), "{dir}: {concat}");
+
+        let v: Value = serde_json::from_str(&stdout(&ok(elmer(
+            &["inspect", "--model", dir, "--json"],
+            None,
+        ))))
+        .unwrap();
+        assert_eq!(v["concat_head"], has_concat);
+        assert_eq!(v["parameters_total"].as_u64().unwrap() as usize, total);
+    }
+    // Known numbers for cg (tests/fixtures/model/README.md).
+    let out = stdout(&ok(elmer(&["inspect", "--model", CG], None)));
+    assert!(out.contains("66208"), "{out}");
+}
+
+const HYPS: [&str; 5] = [
+    "the cat sat on the mat",
+    "a quick brown fox jumped over the dogs",
+    "",
+    "what is the capital city of france ?",
+    "running runs ran",
+];
+const REFS1: [&str; 5] = [
+    "the cat is sitting on the mat",
+    "the quick brown fox jumps over the lazy dog",
+    "nothing here",
+    "what is the capital of france ?",
+    "run running",
+];
+const REFS2: [&str; 5] = [
+    "a cat sat on a mat",
+    "quick foxes jump",
+    "",
+    "which city is the capital of france ?",
+    "he ran",
+];
+
+fn close(a: &Value, b: f64) -> bool {
+    (a.as_f64().unwrap() - b).abs() <= 1e-12
+}
+
+#[test]
+fn score_json_matches_the_library() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hyp = lines_file(tmp.path(), "hyp.txt", &HYPS);
+    let r1 = lines_file(tmp.path(), "r1.txt", &REFS1);
+    let r2 = lines_file(tmp.path(), "r2.txt", &REFS2);
+    let refs: Vec<Vec<&str>> = (0..HYPS.len()).map(|i| vec![REFS1[i], REFS2[i]]).collect();
+    let lib = score_all(&HYPS, &refs).unwrap();
+    let v: Value = serde_json::from_str(&stdout(&ok(elmer(
+        &["score", "--hyp", &hyp, "--ref", &r1, "--ref", &r2, "--json"],
+        None,
+    ))))
+    .unwrap();
+    assert_eq!(v["num_pairs"], 5);
+    assert_eq!(v["num_refs"], 2);
+    assert_eq!(v["rouge_stemmed"], true);
+    assert!(close(&v["rouge1_f1"], lib.rouge1_f1), "{v}");
+    assert!(close(&v["rouge2_f1"], lib.rouge2_f1));
+    assert!(close(&v["rouge_l_f1"], lib.rouge_l_f1));
+    assert!(close(&v["rouge_lsum_f1"], lib.rouge_lsum_f1));
+    for n in 0..4 {
+        assert!(close(&v[format!("bleu{}", n + 1)], lib.bleu[n]));
+    }
+    assert!(close(&v["rouge_l_coco"], lib.rouge_l_coco));
+    assert!(close(&v["meteor"], lib.meteor.unwrap()));
+    assert!(close(&v["distinct1_pct"], lib.distinct1));
+    assert!(close(&v["distinct2_pct"], lib.distinct2));
+    assert!(lib.rouge1_f1 > 0.3 && lib.bleu[0] > 0.3 && lib.distinct1 > 50.0);
+
+    // Table: percent with 2 decimals.
+    let table = stdout(&ok(elmer(
+        &["score", "--hyp", &hyp, "--ref", &r1, "--ref", &r2],
+        None,
+    )));
+    for (name, value) in [
+        ("ROUGE-1 F1", lib.rouge1_f1 * 100.0),
+        ("ROUGE-L F1", lib.rouge_l_f1 * 100.0),
+        ("BLEU-4", lib.bleu[3] * 100.0),
+        ("ROUGE-L (coco)", lib.rouge_l_coco * 100.0),
+        ("METEOR", lib.meteor.unwrap() * 100.0),
+        ("Distinct-2", lib.distinct2),
+    ] {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} row: {table}"));
+        assert!(line.contains(&format!("{value:.2}")), "{line}");
+    }
+    // All value columns line up.
+    let rows: Vec<&str> = table.lines().skip(2).collect();
+    assert_eq!(rows.len(), 12, "{table}");
+    let col = rows[0].find("  rouge-score").unwrap();
+    assert!(
+        rows.iter().all(|r| r.find("  ").is_some() && r.len() > col),
+        "{table}"
+    );
+
+    // --no-stem and --no-meteor; one reference.
+    let one: Vec<Vec<&str>> = REFS1.iter().map(|r| vec![*r]).collect();
+    let lib = score_all_with(&HYPS, &one, false, None).unwrap();
+    let v: Value = serde_json::from_str(&stdout(&ok(elmer(
+        &[
+            "score",
+            "--hyp",
+            &hyp,
+            "--ref",
+            &r1,
+            "--json",
+            "--no-stem",
+            "--no-meteor",
+        ],
+        None,
+    ))))
+    .unwrap();
+    assert_eq!(v["rouge_stemmed"], false);
+    assert!(v["meteor"].is_null());
+    assert!(close(&v["rouge1_f1"], lib.rouge1_f1));
+    assert!(close(&v["bleu4"], lib.bleu[3]));
+    let table = stdout(&ok(elmer(
+        &["score", "--hyp", &hyp, "--ref", &r1, "--no-meteor"],
+        None,
+    )));
+    assert!(table.contains("skipped"), "{table}");
+}
+
+#[test]
+fn score_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hyp = lines_file(tmp.path(), "hyp.txt", &["a b", "c"]);
+    let r = lines_file(tmp.path(), "ref.txt", &["a b", "c"]);
+    let bad = write(tmp.path(), "badref.txt", b"a b\n\xc3\x28\n");
+    let e = fails(elmer(&["score", "--hyp", &hyp, "--ref", &bad], None));
+    assert!(e.contains("badref.txt") && e.contains("line 2"), "{e}");
+    let empty = write(tmp.path(), "empty.txt", b"");
+    let e = fails(elmer(&["score", "--hyp", &empty, "--ref", &empty], None));
+    assert!(e.contains("empty.txt"), "{e}");
+    let e = fails(elmer(
+        &[
+            "score",
+            "--hyp",
+            &hyp,
+            "--ref",
+            &r,
+            "--meteor-synonyms",
+            "/nonexistent/synonyms",
+        ],
+        None,
+    ));
+    assert!(e.contains("/nonexistent/synonyms"), "{e}");
+    let e = fails(elmer(
+        &[
+            "score",
+            "--hyp",
+            &hyp,
+            "--ref",
+            &r,
+            "--ref",
+            "/nonexistent/r2.txt",
+        ],
+        None,
+    ));
+    assert!(e.contains("/nonexistent/r2.txt"), "{e}");
+    // Usage errors come from the argument parser (exit code 2).
+    let o = elmer(&["score", "--hyp", &hyp], None);
+    assert_eq!(o.status.code(), Some(2));
+    let o = elmer(
+        &[
+            "score",
+            "--hyp",
+            &hyp,
+            "--ref",
+            &r,
+            "--no-meteor",
+            "--meteor-synonyms",
+            "x",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    // The long help says which scorers the numbers match.
+    let help = stdout(&ok(elmer(&["score", "--help"], None)));
+    for s in ["rouge-score", "pycocoevalcap", "METEOR 1.5", "files2rouge"] {
+        assert!(help.contains(s), "{s}: {help}");
+    }
+}
