@@ -126,6 +126,35 @@ fn check_all(model: &ElmerModel, refname: &str, soft: bool) {
         assert!(err.to_string().contains("concat_head"), "{err}");
     }
 
+    // The generation paths (argmax only, fused kernels) give the same ids as the logits paths.
+    let mut policies = vec![ExitPolicy::LastLayer, ExitPolicy::Fixed(fixed.clone())];
+    if soft {
+        policies.push(ExitPolicy::Soft);
+    }
+    for p in policies {
+        let fast = model
+            .decode(&enc, &dec, None, &DecodeOptions::new(p.clone()))
+            .unwrap();
+        let full = model
+            .decode(
+                &enc,
+                &dec,
+                None,
+                &DecodeOptions::new(p.clone()).with_logits(),
+            )
+            .unwrap();
+        assert_eq!(
+            to_u32_vec2(&fast.ids),
+            to_u32_vec2(&full.ids),
+            "{} ids",
+            p.name()
+        );
+        assert_eq!(
+            to_u32_vec2(&fast.exit_layers),
+            to_u32_vec2(&full.exit_layers)
+        );
+    }
+
     // Hard exit at both thresholds.
     for (k, th) in thresholds(refname).into_iter().enumerate() {
         let opts = DecodeOptions::new(ExitPolicy::Hard { threshold: th }).with_logits();

@@ -21,7 +21,7 @@ use super::embedding::Embeddings;
 use super::encoder::FeedForward;
 use super::exit::{DecodeOptions, DecoderOutput, ExitPolicy, SoftTeacher};
 use super::nn::{dropout, LayerNorm, Linear, Mode, Weights};
-use super::offramp::{entropy, OffRamps};
+use super::offramp::{entropy, offramp_decisions, OffRamps};
 use crate::config::{ElmerConfig, OffRampKind};
 use crate::error::{Error, Result};
 
@@ -315,10 +315,20 @@ impl Decoder {
                 ramps.push(self.offramps.logits(i + 1, &h)?);
             }
         }
+        let (b, t, _) = h.dims3()?;
+        let exit_layers = Self::full_layers(b, t, n, h.device())?;
+        if !opts.output_logits && !opts.output_offramp_logits {
+            // Generation: only the argmax is needed.
+            let ids = self.argmax_ids(n, &h)?;
+            return Ok(DecoderOutput {
+                ids,
+                exit_layers,
+                logits: None,
+                offramp_logits: None,
+            });
+        }
         let logits = self.offramps.logits(n, &h)?;
         let ids = logits.argmax(D::Minus1)?;
-        let (b, t) = ids.dims2()?;
-        let exit_layers = Self::full_layers(b, t, n, h.device())?;
         let offramp_logits = opts.output_offramp_logits.then(|| {
             ramps.push(logits.clone());
             ramps
@@ -329,6 +339,13 @@ impl Decoder {
             logits: opts.output_logits.then_some(logits),
             offramp_logits,
         })
+    }
+
+    /// Argmax ids `[batch, T]` of the off-ramp after `layer` for states `h` `[batch, T, d]`.
+    fn argmax_ids(&self, layer: usize, h: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = h.dims3()?;
+        let (ids, _) = offramp_decisions(&self.offramps, layer, &h.reshape((b * t, d))?, false)?;
+        Ok(ids.reshape((b, t))?)
     }
 
     fn forward_soft(
@@ -347,6 +364,25 @@ impl Decoder {
             )
         })?;
         let n = self.num_layers();
+        if !opts.output_logits && !opts.output_offramp_logits && !mode.is_train() {
+            // Generation: the fed-back predictions and the output need argmaxes only.
+            for i in 0..n {
+                if i > 0 {
+                    let pred = self.argmax_ids(i, &h)?;
+                    let e = self.embeddings.lookup(&pred)?;
+                    h = concat.forward(&Tensor::cat(&[&h, &e], D::Minus1)?)?;
+                }
+                h = self.layer(i, &h, &h, self_mask, enc, mode)?;
+            }
+            let ids = self.argmax_ids(n, &h)?;
+            let (b, t) = ids.dims2()?;
+            return Ok(DecoderOutput {
+                exit_layers: Self::full_layers(b, t, n, h.device())?,
+                ids,
+                logits: None,
+                offramp_logits: None,
+            });
+        }
         let mut ramps = Vec::new();
         let mut prev_logits: Option<Tensor> = None;
         for i in 0..n {
@@ -547,6 +583,19 @@ impl Decoder {
             // Which active rows exit here, and their off-ramp logits.
             let last = layer == n;
             let (exiting, logits, row_ids): (Vec<usize>, Option<Tensor>, Vec<u32>) = match &rule {
+                ExitRule::Entropy(th) if logits_out.is_none() => {
+                    let (am, ent) = offramp_decisions(&self.offramps, layer, &rows, !last)?;
+                    let am: Vec<u32> = am.to_vec1()?;
+                    let exiting: Vec<usize> = match ent {
+                        Some(ent) if !last => {
+                            let ent: Vec<f32> = ent.to_vec1()?;
+                            (0..n_active).filter(|&k| (ent[k] as f64) < *th).collect()
+                        }
+                        _ => (0..n_active).collect(),
+                    };
+                    let ids_k = exiting.iter().map(|&k| am[k]).collect();
+                    (exiting, None, ids_k)
+                }
                 ExitRule::Entropy(th) => {
                     let lg = self.offramps.logits(layer, &rows)?;
                     let am: Vec<u32> = lg.argmax(D::Minus1)?.to_vec1()?;
@@ -584,9 +633,14 @@ impl Decoder {
                             let idx = Tensor::from_vec(idx, exiting.len(), &dev)?;
                             rows.index_select(&idx, 0)?
                         };
-                        let lg = self.offramps.logits(layer, &sub)?;
-                        let am: Vec<u32> = lg.argmax(D::Minus1)?.to_vec1()?;
-                        (exiting, Some(lg), am)
+                        if logits_out.is_none() {
+                            let (am, _) = offramp_decisions(&self.offramps, layer, &sub, false)?;
+                            (exiting, None, am.to_vec1()?)
+                        } else {
+                            let lg = self.offramps.logits(layer, &sub)?;
+                            let am: Vec<u32> = lg.argmax(D::Minus1)?.to_vec1()?;
+                            (exiting, Some(lg), am)
+                        }
                     }
                 }
             };

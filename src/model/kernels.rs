@@ -7,9 +7,13 @@
 //! - [`cross_entropy_rows`]: per-row NLL `logsumexp(x) - x[label]` with its backward
 //!   `softmax(x) - onehot(label)`, pads giving 0.
 //!
+//! - [`argmax_entropy_rows`]: per-row `argmax(x + b)` and, optionally, the entropy of
+//!   `softmax(x + b)`, without materialising the biased logits (off-ramp decisions at
+//!   inference: hard-exit entropies, soft-exit feedback, the final argmax).
+//!
 //! On other devices (CUDA) callers fall back to the composed, differentiable candle ops.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 fn threads_for(rows: usize, cols: usize) -> usize {
     let avail = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -193,6 +197,88 @@ impl CustomOp3 for CrossEntropyGrad {
     }
 }
 
+/// Per-row argmax of `logits + bias` (and the entropy of its softmax when `entropy`).
+struct ArgmaxEntropy {
+    entropy: bool,
+}
+
+impl CustomOp2 for ArgmaxEntropy {
+    fn name(&self) -> &'static str {
+        "elmer-argmax-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, cols) = l1.shape().dims2()?;
+        let x = f32_slice(s1, l1, "logits")?;
+        let b = f32_slice(s2, l2, "bias")?;
+        if b.len() != cols {
+            candle_core::bail!("argmax: {} biases for {cols} columns", b.len());
+        }
+        let mut out = vec![0f32; rows * 2];
+        let entropy = self.entropy;
+        par_rows(&mut out, 2, cols, |r, o| {
+            let row = &x[r * cols..(r + 1) * cols];
+            let mut best = 0usize;
+            let mut m = f32::NEG_INFINITY;
+            for (j, (&v, &c)) in row.iter().zip(b).enumerate() {
+                let z = v + c;
+                if z > m {
+                    m = z;
+                    best = j;
+                }
+            }
+            o[0] = best as f32;
+            if entropy {
+                // H = log Z - sum p z' with z' = z - m (shifted for stability).
+                let mut zsum = 0f32;
+                let mut ez = 0f32;
+                for (&v, &c) in row.iter().zip(b) {
+                    let d = v + c - m;
+                    let e = d.exp();
+                    zsum += e;
+                    ez += e * d;
+                }
+                o[1] = zsum.ln() - ez / zsum;
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((rows, 2))))
+    }
+}
+
+/// Per-row `argmax(logits + bias)` as `[rows]` u32 ids, and (when `entropy`) the entropy in
+/// nats of `softmax(logits + bias)` as `[rows]` f32. `logits` `[rows, vocab]` f32 on CPU;
+/// returns `None` elsewhere (callers use candle ops). Ties pick the lowest index, as torch.
+pub fn argmax_entropy_rows(
+    logits: &Tensor,
+    bias: &Tensor,
+    entropy: bool,
+) -> candle_core::Result<Option<(Tensor, Option<Tensor>)>> {
+    if !logits.device().is_cpu() || logits.dtype() != candle_core::DType::F32 || logits.rank() != 2
+    {
+        return Ok(None);
+    }
+    let out = logits.contiguous()?.apply_op2_no_bwd(
+        &bias.to_dtype(candle_core::DType::F32)?.contiguous()?,
+        &ArgmaxEntropy { entropy },
+    )?;
+    let ids = out
+        .narrow(1, 0, 1)?
+        .squeeze(1)?
+        .to_dtype(candle_core::DType::U32)?;
+    let ent = if entropy {
+        Some(out.narrow(1, 1, 1)?.squeeze(1)?.contiguous()?)
+    } else {
+        None
+    };
+    Ok(Some((ids, ent)))
+}
+
 /// Per-row negative log-likelihood `[rows]` of `labels` `[rows]` (u32) under `logits`
 /// `[rows, vocab]` (f32, CPU); rows whose label is `pad` give 0. Differentiable w.r.t.
 /// `logits`. Returns `None` when the fused kernel does not apply (non-CPU device or dtype),
@@ -233,6 +319,36 @@ pub fn cross_entropy_rows_with_bias(
 mod tests {
     use super::*;
     use candle_core::{Device, Var, D};
+
+    #[test]
+    fn fused_argmax_entropy_matches_composed_ops() {
+        let dev = Device::Cpu;
+        let data: Vec<f32> = (0..7 * 513)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 5.0)
+            .collect();
+        let x = Tensor::from_vec(data, (7, 513), &dev).unwrap();
+        let b: Vec<f32> = (0..513)
+            .map(|i| ((i * 11 % 13) as f32 - 6.0) / 3.0)
+            .collect();
+        let b = Tensor::from_vec(b, 513, &dev).unwrap();
+        let (ids, ent) = argmax_entropy_rows(&x, &b, true).unwrap().unwrap();
+        let z = x.broadcast_add(&b).unwrap();
+        let want_ids: Vec<u32> = z.argmax(D::Minus1).unwrap().to_vec1().unwrap();
+        assert_eq!(ids.to_vec1::<u32>().unwrap(), want_ids);
+        let want_ent = crate::model::offramp::entropy(&z).unwrap();
+        let d = (ent.unwrap() - want_ent)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-4, "entropy differs by {d}");
+        let (ids2, none) = argmax_entropy_rows(&x, &b, false).unwrap().unwrap();
+        assert!(none.is_none());
+        assert_eq!(ids2.to_vec1::<u32>().unwrap(), want_ids);
+    }
 
     #[test]
     fn fused_cross_entropy_matches_composed_ops() {

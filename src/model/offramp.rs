@@ -86,6 +86,30 @@ impl OffRamps {
     }
 }
 
+/// Argmax ids (and entropies when `with_entropy`) of the off-ramp after `layer` for rows `h`
+/// `[rows, d]`: `[rows]` u32 and `[rows]` f32. On CPU the biased logits are never
+/// materialised (fused kernel); elsewhere candle ops are used.
+pub fn offramp_decisions(
+    ramps: &OffRamps,
+    layer: usize,
+    h: &Tensor,
+    with_entropy: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (w, b) = ramps.projection(layer)?;
+    let raw = h.matmul(&w.t()?)?;
+    if let Some((ids, ent)) = super::kernels::argmax_entropy_rows(&raw, b, with_entropy)? {
+        return Ok((ids, ent));
+    }
+    let logits = raw.broadcast_add(b)?;
+    let ids = logits.argmax(D::Minus1)?;
+    let ent = if with_entropy {
+        Some(entropy(&logits)?)
+    } else {
+        None
+    };
+    Ok((ids, ent))
+}
+
 /// Entropy `H = -sum_v p_v ln p_v` (nats) of `softmax(logits)` over the last dimension,
 /// computed in f32 as `logsumexp(x) - sum_v p_v x_v`. `[.., vocab] -> [..]`.
 pub fn entropy(logits: &Tensor) -> candle_core::Result<Tensor> {

@@ -142,12 +142,20 @@ impl FinetuneObjective {
         Batch::from_ids(&s, &l, cfg, dev)
     }
 
-    fn loss(&self, model: &ElmerModel, batch: &Batch, rng: Option<&mut StdRng>, mode: Mode) -> Result<Tensor> {
+    fn loss(
+        &self,
+        model: &ElmerModel,
+        batch: &Batch,
+        rng: Option<&mut StdRng>,
+        mode: Mode,
+    ) -> Result<Tensor> {
         match self.mode {
             FinetuneMode::Soft { gold_prob } => {
                 let (b, t) = batch.labels.dims2()?;
                 let use_gold: Vec<u8> = match rng {
-                    Some(rng) => (0..b * t).map(|_| (rng.random::<f64>() < gold_prob) as u8).collect(),
+                    Some(rng) => (0..b * t)
+                        .map(|_| (rng.random::<f64>() < gold_prob) as u8)
+                        .collect(),
                     None => vec![0; b * t],
                 };
                 let use_gold = Tensor::from_vec(use_gold, (b, t), &self.device)?;
