@@ -257,29 +257,6 @@ pub fn generate_all(
     ))
 }
 
-fn print_report(task: &Task, label: &str, scores: &[f64], latency: f64, stats: &ExitStats) {
-    let cols: Vec<String> = task.metrics.iter().map(Metric::name).collect();
-    println!("| model / exit | {} | ms/sample (batch 1) |", cols.join(" | "));
-    println!("|---|{}---|", "---|".repeat(cols.len()));
-    println!(
-        "| {label} | {} | {latency:.1} |",
-        scores
-            .iter()
-            .map(|s| format!("{s:.2}"))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
-    println!(
-        "| paper ELMER-Soft (BART-base size, V100) | {} | ~11.9 |",
-        task.paper
-            .iter()
-            .map(|s| format!("{s:.2}"))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
-    println!("exit statistics: {stats}");
-}
-
 fn evaluate(task: &Task, args: &Args, model_dir: &Path, test: &[Example]) -> Result<()> {
     let model = ElmerModel::from_dir(model_dir, &LoadOptions::on(Device::Cpu))?;
     let tok = tokenizer_for(model_dir)?;
@@ -291,6 +268,12 @@ fn evaluate(task: &Task, args: &Args, model_dir: &Path, test: &[Example]) -> Res
     let max_src = args.max_source_len.unwrap_or(task.max_source_len);
     let mut policies = vec![(args.exit.clone(), parse_exit(&args.exit)?)];
     if args.sweep {
+        if !matches!(policies[0].1, ExitPolicy::LastLayer) {
+            policies.push(("last".into(), ExitPolicy::LastLayer));
+        }
+        if !matches!(policies[0].1, ExitPolicy::Soft) && model.has_concat_head() {
+            policies.push(("soft".into(), ExitPolicy::Soft));
+        }
         for t in [0.0, 0.25, 0.5, 0.75, 1.0] {
             policies.push((format!("hard:{t}"), ExitPolicy::Hard { threshold: t }));
         }
@@ -301,6 +284,19 @@ fn evaluate(task: &Task, args: &Args, model_dir: &Path, test: &[Example]) -> Res
         test.len(),
         model_dir.display()
     );
+    let cols: Vec<String> = task.metrics.iter().map(Metric::name).collect();
+    let layers = model.num_decoder_layers();
+    let mut table = vec![
+        format!(
+            "| exit | {} | ms/sample (batch 1) | mean exit layer | {} |",
+            cols.join(" | "),
+            (1..=layers)
+                .map(|l| format!("exit L{l}"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ),
+        format!("|---|{}", "---|".repeat(cols.len() + 2 + layers)),
+    ];
     for (i, (name, policy)) in policies.into_iter().enumerate() {
         let (hyps, stats, latency) = generate_all(
             &model,
@@ -319,14 +315,34 @@ fn evaluate(task: &Task, args: &Args, model_dir: &Path, test: &[Example]) -> Res
             }
         }
         let scores = score(task, &hyps, &refs)?;
-        print_report(
-            task,
-            &format!("this crate, {name}"),
-            &scores,
-            latency,
-            &stats,
+        let row = format!(
+            "| {name} | {} | {latency:.1} | {:.2} | {} |",
+            scores
+                .iter()
+                .map(|s| format!("{s:.2}"))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            stats.mean_layer(),
+            stats
+                .fractions()
+                .iter()
+                .map(|f| format!("{:.1}%", 100.0 * f))
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
+        eprintln!("{row}");
+        table.push(row);
     }
+    table.push(format!(
+        "| paper ELMER-Soft (base size, V100 GPU) | {} | ~11.9 | |{}",
+        task.paper
+            .iter()
+            .map(|s| format!("{s:.2}"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        " |".repeat(layers)
+    ));
+    println!("{}", table.join("\n"));
     Ok(())
 }
 
