@@ -3,6 +3,9 @@
 # CPU only (2 cores here); every step resumes if interrupted. Reads ../shared/data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# candle's elementwise thread pool spin-waits; on a 2-core machine one elementwise thread is
+# 2-3x faster overall (matrix multiplies still use every core).
+export CANDLE_NUM_THREADS=${CANDLE_NUM_THREADS:-1}
 cargo build --release --examples
 B=target/release/examples
 mkdir -p runs

@@ -308,6 +308,22 @@ impl Decoder {
         mode: Mode,
     ) -> Result<DecoderOutput> {
         let n = self.num_layers();
+        if opts.output_layer_hidden {
+            let mut states = Vec::with_capacity(n);
+            for i in 0..n {
+                h = self.layer(i, &h, &h, self_mask, enc, mode)?;
+                states.push(h.clone());
+            }
+            let ids = self.argmax_ids(n, &h.detach())?;
+            let (b, t) = ids.dims2()?;
+            return Ok(DecoderOutput {
+                exit_layers: Self::full_layers(b, t, n, h.device())?,
+                ids,
+                logits: None,
+                offramp_logits: None,
+                layer_hidden: Some(states),
+            });
+        }
         let mut ramps = Vec::new();
         for i in 0..n {
             h = self.layer(i, &h, &h, self_mask, enc, mode)?;
@@ -325,6 +341,7 @@ impl Decoder {
                 exit_layers,
                 logits: None,
                 offramp_logits: None,
+                layer_hidden: None,
             });
         }
         let logits = self.offramps.logits(n, &h)?;
@@ -338,6 +355,7 @@ impl Decoder {
             exit_layers,
             logits: opts.output_logits.then_some(logits),
             offramp_logits,
+            layer_hidden: None,
         })
     }
 
@@ -364,23 +382,37 @@ impl Decoder {
             )
         })?;
         let n = self.num_layers();
-        if !opts.output_logits && !opts.output_offramp_logits && !mode.is_train() {
-            // Generation: the fed-back predictions and the output need argmaxes only.
+        if opts.output_layer_hidden
+            || (!opts.output_logits && !opts.output_offramp_logits && !mode.is_train())
+        {
+            // Generation (and training losses that apply the off-ramps themselves): the
+            // fed-back predictions and the output need argmaxes only.
+            let mut states = Vec::new();
             for i in 0..n {
                 if i > 0 {
-                    let pred = self.argmax_ids(i, &h)?;
+                    let pred = self.argmax_ids(i, &h.detach())?;
+                    let pred = match (&opts.soft_teacher, mode.is_train()) {
+                        (Some(SoftTeacher { gold, use_gold }), true) => {
+                            use_gold.where_cond(&gold.to_dtype(DType::U32)?, &pred)?
+                        }
+                        _ => pred,
+                    };
                     let e = self.embeddings.lookup(&pred)?;
                     h = concat.forward(&Tensor::cat(&[&h, &e], D::Minus1)?)?;
                 }
                 h = self.layer(i, &h, &h, self_mask, enc, mode)?;
+                if opts.output_layer_hidden {
+                    states.push(h.clone());
+                }
             }
-            let ids = self.argmax_ids(n, &h)?;
+            let ids = self.argmax_ids(n, &h.detach())?;
             let (b, t) = ids.dims2()?;
             return Ok(DecoderOutput {
                 exit_layers: Self::full_layers(b, t, n, h.device())?,
                 ids,
                 logits: None,
                 offramp_logits: None,
+                layer_hidden: opts.output_layer_hidden.then_some(states),
             });
         }
         let mut ramps = Vec::new();
@@ -416,6 +448,7 @@ impl Decoder {
             exit_layers,
             logits: opts.output_logits.then_some(logits),
             offramp_logits,
+            layer_hidden: None,
         })
     }
 
@@ -511,6 +544,7 @@ impl Decoder {
             exit_layers: exits,
             logits: opts.output_logits.then_some(logits),
             offramp_logits: opts.output_offramp_logits.then_some(ramps),
+            layer_hidden: None,
         })
     }
 
@@ -675,6 +709,7 @@ impl Decoder {
                 None => None,
             },
             offramp_logits: None,
+            layer_hidden: None,
         })
     }
 }

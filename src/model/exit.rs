@@ -66,6 +66,10 @@ pub struct DecodeOptions {
     pub output_offramp_logits: bool,
     /// Soft-exit teacher forcing (training only; ignored by other policies).
     pub soft_teacher: Option<SoftTeacher>,
+    /// Return the decoder states after every layer (`LastLayer` and `Soft` only) instead of
+    /// computing any logits: training losses apply the off-ramps themselves, to non-pad rows
+    /// only. `ids` are then the argmax of the last layer's off-ramp.
+    pub output_layer_hidden: bool,
 }
 
 impl DecodeOptions {
@@ -76,6 +80,7 @@ impl DecodeOptions {
             output_logits: false,
             output_offramp_logits: false,
             soft_teacher: None,
+            output_layer_hidden: false,
         }
     }
 
@@ -103,4 +108,7 @@ pub struct DecoderOutput {
     pub logits: Option<Tensor>,
     /// Per-layer off-ramp logits (L tensors `[batch, target_len, vocab]`) when requested.
     pub offramp_logits: Option<Vec<Tensor>>,
+    /// Decoder states after each layer 1..=L (`[batch, target_len, d]` each) when requested
+    /// with `output_layer_hidden`.
+    pub layer_hidden: Option<Vec<Tensor>>,
 }

@@ -149,6 +149,60 @@ pub fn masked_cross_entropy(logits: &Tensor, labels: &Tensor, pad_id: u32) -> Re
     Ok((sum / count as f64)?)
 }
 
+/// Non-pad label positions of a batch: flat indices into `[batch * T]`, and their labels
+/// repeated `repeat` times.
+fn packed_labels(
+    batch: &Batch,
+    pad: u32,
+    repeat: usize,
+    dev: &candle_core::Device,
+) -> Result<(Tensor, Tensor)> {
+    let labels: Vec<u32> = batch.labels.flatten_all()?.to_vec1()?;
+    let keep: Vec<u32> = labels
+        .iter()
+        .enumerate()
+        .filter(|(_, &y)| y != pad)
+        .map(|(i, _)| i as u32)
+        .collect();
+    if keep.is_empty() {
+        return Err(Error::invalid_arg("labels", "every label is <pad>"));
+    }
+    let y: Vec<u32> = (0..repeat)
+        .flat_map(|_| keep.iter().map(|&i| labels[i as usize]))
+        .collect();
+    let n = keep.len();
+    Ok((
+        Tensor::from_vec(keep, n, dev)?,
+        Tensor::from_vec(y, n * repeat, dev)?,
+    ))
+}
+
+/// Rows of `h` `[batch, T, d]` at the packed positions, `[rows, d]`.
+fn pack_rows(h: &Tensor, keep: &Tensor) -> Result<Tensor> {
+    let (b, t, d) = h.dims3()?;
+    Ok(h.reshape((b * t, d))?.index_select(keep, 0)?)
+}
+
+/// Mean NLL of `y` under the off-ramp after `layer` applied to `rows` `[rows, d]`: one matmul,
+/// then the fused CPU cross-entropy with the bias folded in (candle ops elsewhere).
+fn offramp_nll_mean(model: &ElmerModel, layer: usize, rows: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let pad = model.config().pad_token_id;
+    let (w, bias) = model.decoder().offramps().projection(layer)?;
+    let logits = rows.matmul(&w.t()?)?;
+    let n = rows.dim(0)? as f64;
+    let nll = match crate::model::kernels::cross_entropy_rows_with_bias(&logits, y, bias, pad)? {
+        Some(nll) => nll,
+        None => {
+            let logp = candle_nn::ops::log_softmax(
+                &logits.broadcast_add(bias)?.to_dtype(DType::F32)?,
+                D::Minus1,
+            )?;
+            logp.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?
+        }
+    };
+    Ok((nll.sum_all()? / n)?)
+}
+
 fn encode(model: &ElmerModel, batch: &Batch, mode: Mode) -> Result<EncoderOutput> {
     let mut enc = model.encode_with_mode(&batch.input_ids, Some(&batch.attention_mask), mode)?;
     // The cross-attention keys/values are shared by every decoder pass on this batch.
@@ -179,19 +233,7 @@ pub fn lplm_loss(
     if model.config().elmer_offramps == crate::config::OffRampKind::PerLayer {
         return lplm_loss_per_layer(model, &enc, batch, exits, mode);
     }
-    let labels: Vec<u32> = batch.labels.flatten_all()?.to_vec1()?;
-    let keep: Vec<u32> = labels
-        .iter()
-        .enumerate()
-        .filter(|(_, &y)| y != pad)
-        .map(|(i, _)| i as u32)
-        .collect();
-    let per = keep.len();
-    if per == 0 {
-        return Err(Error::invalid_arg("labels", "every label is <pad>"));
-    }
-    let dev = model.device();
-    let keep_t = Tensor::from_vec(keep.clone(), per, dev)?;
+    let (keep, y) = packed_labels(batch, pad, exits.len(), model.device())?;
     let mut rows = Vec::with_capacity(exits.len());
     for e in exits {
         let h = model.fixed_exit_hidden(
@@ -201,28 +243,10 @@ pub fn lplm_loss(
             e,
             mode,
         )?;
-        let (b, t, d) = h.dims3()?;
-        rows.push(h.reshape((b * t, d))?.index_select(&keep_t, 0)?);
+        rows.push(pack_rows(&h, &keep)?);
     }
     let rows = Tensor::cat(&rows, 0)?;
-    let y: Vec<u32> = (0..exits.len())
-        .flat_map(|_| keep.iter().map(|&i| labels[i as usize]))
-        .collect();
-    let y = Tensor::from_vec(y, rows.dim(0)?, dev)?;
-    let (w, bias) = model.decoder().offramps().projection(1)?;
-    let logits = rows.matmul(&w.t()?)?;
-    let n = rows.dim(0)? as f64;
-    let nll = match crate::model::kernels::cross_entropy_rows_with_bias(&logits, &y, bias, pad)? {
-        Some(nll) => nll,
-        None => {
-            let logp = candle_nn::ops::log_softmax(
-                &logits.broadcast_add(bias)?.to_dtype(DType::F32)?,
-                D::Minus1,
-            )?;
-            logp.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?
-        }
-    };
-    Ok((nll.sum_all()? / n)?)
+    offramp_nll_mean(model, 1, &rows, &y)
 }
 
 fn lplm_loss_per_layer(
@@ -264,25 +288,27 @@ fn lplm_loss_per_layer(
 fn mean_offramp_ce(
     model: &ElmerModel,
     batch: &Batch,
-    opts: DecodeOptions,
+    mut opts: DecodeOptions,
     mode: Mode,
 ) -> Result<Tensor> {
     let pad = model.config().pad_token_id;
     let enc = encode(model, batch, mode)?;
+    opts.output_layer_hidden = true;
     let out = model.decode_with_mode(
         &enc,
         &batch.decoder_input_ids,
         Some(&batch.decoder_attention_mask),
-        &opts.with_offramp_logits(),
+        &opts,
         mode,
     )?;
-    let ramps = out
-        .offramp_logits
-        .ok_or_else(|| Error::Unsupported("no off-ramp logits".into()))?;
-    let n = ramps.len();
+    let states = out
+        .layer_hidden
+        .ok_or_else(|| Error::Unsupported("no per-layer states".into()))?;
+    let (keep, y) = packed_labels(batch, pad, 1, model.device())?;
+    let n = states.len();
     let mut acc: Option<Tensor> = None;
-    for lg in &ramps {
-        let ce = masked_cross_entropy(lg, &batch.labels, pad)?;
+    for (i, h) in states.iter().enumerate() {
+        let ce = offramp_nll_mean(model, i + 1, &pack_rows(h, &keep)?, &y)?;
         acc = Some(match acc {
             None => ce,
             Some(a) => (a + ce)?,
