@@ -19,11 +19,14 @@ fn main() -> elmer::Result<()> {
     };
     let params = Params::from_dir(src, &Device::Cpu)?;
     params.save_f16(dst)?;
-    let tok_src = ["tokenizer.json", "vocab.json"]
+    let has_tok = ["tokenizer.json", "vocab.json"]
         .iter()
-        .any(|f| std::path::Path::new(src).join(f).is_file())
-        .then(|| src.clone())
-        .unwrap_or_else(|| "assets/tokenizer/bart-base".to_string());
+        .any(|f| std::path::Path::new(src).join(f).is_file());
+    let tok_src = if has_tok {
+        src.clone()
+    } else {
+        "assets/tokenizer/bart-base".to_string()
+    };
     for f in ["vocab.json", "merges.txt"] {
         let from = std::path::Path::new(&tok_src).join(f);
         let to = std::path::Path::new(dst).join(f);
