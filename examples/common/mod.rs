@@ -265,7 +265,10 @@ fn evaluate(task: &Task, args: &Args, model_dir: &Path, test: &[Example]) -> Res
     let sources: Vec<&str> = test.iter().map(|e| e.source.as_str()).collect();
     let refs: Vec<String> = test.iter().map(|e| postprocess(&e.target)).collect();
     let max_len = args.max_len.unwrap_or(task.max_len);
-    let max_src = args.max_source_len.unwrap_or(task.max_source_len);
+    let max_src = args
+        .max_source_len
+        .unwrap_or(task.max_source_len)
+        .min(model.max_source_len());
     let mut policies = vec![(args.exit.clone(), parse_exit(&args.exit)?)];
     if args.sweep {
         if !matches!(policies[0].1, ExitPolicy::LastLayer) {
@@ -362,7 +365,10 @@ fn finetune(
         eprintln!("initialised concat_head (N(0, 0.02))");
     }
     let max_len = args.max_len.unwrap_or(task.max_len);
-    let max_src = args.max_source_len.unwrap_or(task.max_source_len);
+    let max_src = args
+        .max_source_len
+        .unwrap_or(task.max_source_len)
+        .min(params.config().max_position_embeddings);
     let train_pairs = tokenize_pairs(&tok, &train, max_src, max_len)?;
     let valid_pairs = tokenize_pairs(&tok, &valid, max_src, max_len)?;
     eprintln!(
