@@ -382,44 +382,24 @@ impl Decoder {
             )
         })?;
         let n = self.num_layers();
-        if opts.output_layer_hidden
-            || (!opts.output_logits && !opts.output_offramp_logits && !mode.is_train())
-        {
-            // Generation (and training losses that apply the off-ramps themselves): the
-            // fed-back predictions and the output need argmaxes only.
-            let mut states = Vec::new();
-            for i in 0..n {
-                if i > 0 {
-                    let pred = self.argmax_ids(i, &h.detach())?;
-                    let pred = match (&opts.soft_teacher, mode.is_train()) {
-                        (Some(SoftTeacher { gold, use_gold }), true) => {
-                            use_gold.where_cond(&gold.to_dtype(DType::U32)?, &pred)?
-                        }
-                        _ => pred,
-                    };
-                    let e = self.embeddings.lookup(&pred)?;
-                    h = concat.forward(&Tensor::cat(&[&h, &e], D::Minus1)?)?;
-                }
-                h = self.layer(i, &h, &h, self_mask, enc, mode)?;
-                if opts.output_layer_hidden {
-                    states.push(h.clone());
-                }
-            }
-            let ids = self.argmax_ids(n, &h.detach())?;
-            let (b, t) = ids.dims2()?;
-            return Ok(DecoderOutput {
-                exit_layers: Self::full_layers(b, t, n, h.device())?,
-                ids,
-                logits: None,
-                offramp_logits: None,
-                layer_hidden: opts.output_layer_hidden.then_some(states),
-            });
-        }
+        // Logits are materialised only when asked for; otherwise the fed-back predictions
+        // and the output need argmaxes only (fused kernel, no biased logits).
+        let want_logits = opts.output_logits || opts.output_offramp_logits;
         let mut ramps = Vec::new();
+        let mut states = Vec::new();
         let mut prev_logits: Option<Tensor> = None;
         for i in 0..n {
-            if let Some(logits) = prev_logits.take() {
-                let pred = logits.argmax(D::Minus1)?;
+            if i > 0 {
+                let pred = match prev_logits.take() {
+                    Some(logits) => {
+                        let pred = logits.argmax(D::Minus1)?;
+                        if opts.output_offramp_logits {
+                            ramps.push(logits);
+                        }
+                        pred
+                    }
+                    None => self.argmax_ids(i, &h.detach())?,
+                };
                 let pred = match (&opts.soft_teacher, mode.is_train()) {
                     (Some(SoftTeacher { gold, use_gold }), true) => {
                         use_gold.where_cond(&gold.to_dtype(DType::U32)?, &pred)?
@@ -428,27 +408,33 @@ impl Decoder {
                 };
                 let e = self.embeddings.lookup(&pred)?;
                 h = concat.forward(&Tensor::cat(&[&h, &e], D::Minus1)?)?;
-                if opts.output_offramp_logits {
-                    ramps.push(logits);
-                }
             }
             h = self.layer(i, &h, &h, self_mask, enc, mode)?;
-            prev_logits = Some(self.offramps.logits(i + 1, &h)?);
+            if opts.output_layer_hidden {
+                states.push(h.clone());
+            }
+            if want_logits {
+                prev_logits = Some(self.offramps.logits(i + 1, &h)?);
+            }
         }
-        let logits = prev_logits.ok_or_else(|| Error::config("decoder_layers", "is zero"))?;
-        let ids = logits.argmax(D::Minus1)?;
+        let (ids, logits) = match prev_logits {
+            Some(logits) => (logits.argmax(D::Minus1)?, Some(logits)),
+            None => (self.argmax_ids(n, &h.detach())?, None),
+        };
         let (b, t) = ids.dims2()?;
-        let exit_layers = Self::full_layers(b, t, n, h.device())?;
-        let offramp_logits = opts.output_offramp_logits.then(|| {
-            ramps.push(logits.clone());
-            ramps
-        });
+        let offramp_logits = match (&logits, opts.output_offramp_logits) {
+            (Some(l), true) => {
+                ramps.push(l.clone());
+                Some(ramps)
+            }
+            _ => None,
+        };
         Ok(DecoderOutput {
+            exit_layers: Self::full_layers(b, t, n, h.device())?,
             ids,
-            exit_layers,
-            logits: opts.output_logits.then_some(logits),
+            logits: if opts.output_logits { logits } else { None },
             offramp_logits,
-            layer_hidden: None,
+            layer_hidden: opts.output_layer_hidden.then_some(states),
         })
     }
 

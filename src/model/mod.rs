@@ -29,6 +29,8 @@ pub mod kernels;
 pub mod nn;
 pub mod offramp;
 
+use std::borrow::Cow;
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::ElmerConfig;
@@ -283,15 +285,14 @@ impl ElmerModel {
         )
     }
 
-    /// [`decode`](Self::decode) in an explicit [`Mode`].
-    pub fn decode_with_mode(
+    /// Validates decoder inputs against `enc` and resolves the cross-attention keys/values
+    /// (cached in `enc`, or computed now): (ids, additive self-attention mask, cross K/V).
+    fn prepare_decode<'e>(
         &self,
-        enc: &EncoderOutput,
+        enc: &'e EncoderOutput,
         decoder_input_ids: &Tensor,
         decoder_attention_mask: Option<&Tensor>,
-        opts: &DecodeOptions,
-        mode: Mode,
-    ) -> Result<DecoderOutput> {
+    ) -> Result<(Tensor, Option<Tensor>, Cow<'e, [KeyValue]>)> {
         let ids = self.check_ids(decoder_input_ids, "decoder_input_ids")?;
         let (b, _) = ids.dims2()?;
         if b != enc.batch_size() {
@@ -304,17 +305,27 @@ impl ElmerModel {
             ));
         }
         let self_mask = self.check_mask(decoder_attention_mask, &ids, "decoder_attention_mask")?;
-        let computed;
         let cross = match &enc.cross {
-            Some(c) => c.as_slice(),
-            None => {
-                computed = self.cross_kv(&enc.hidden)?;
-                computed.as_slice()
-            }
+            Some(c) => Cow::Borrowed(c.as_slice()),
+            None => Cow::Owned(self.cross_kv(&enc.hidden)?),
         };
+        Ok((ids, self_mask, cross))
+    }
+
+    /// [`decode`](Self::decode) in an explicit [`Mode`].
+    pub fn decode_with_mode(
+        &self,
+        enc: &EncoderOutput,
+        decoder_input_ids: &Tensor,
+        decoder_attention_mask: Option<&Tensor>,
+        opts: &DecodeOptions,
+        mode: Mode,
+    ) -> Result<DecoderOutput> {
+        let (ids, self_mask, cross) =
+            self.prepare_decode(enc, decoder_input_ids, decoder_attention_mask)?;
         let side = EncoderSide {
             mask: enc.mask.as_ref(),
-            cross,
+            cross: &cross,
         };
         self.decoder
             .forward(&side, &ids, self_mask.as_ref(), opts, mode)
@@ -330,21 +341,12 @@ impl ElmerModel {
         exits: &Tensor,
         mode: Mode,
     ) -> Result<Tensor> {
-        let ids = self.check_ids(decoder_input_ids, "decoder_input_ids")?;
-        let self_mask = self.check_mask(decoder_attention_mask, &ids, "decoder_attention_mask")?;
-        let computed;
-        let cross = match &enc.cross {
-            Some(c) => c.as_slice(),
-            None => {
-                computed = self.cross_kv(&enc.hidden)?;
-                computed.as_slice()
-            }
-        };
+        let (ids, self_mask, cross) =
+            self.prepare_decode(enc, decoder_input_ids, decoder_attention_mask)?;
         let side = EncoderSide {
             mask: enc.mask.as_ref(),
-            cross,
+            cross: &cross,
         };
-        let h0 = self.decoder.embed(&ids, mode)?;
         let exits = exits.to_dtype(DType::U32)?.to_device(&self.device)?;
         if exits.dims() != ids.dims() {
             return Err(Error::invalid_arg(
@@ -352,6 +354,7 @@ impl ElmerModel {
                 format!("shape {:?}, expected {:?}", exits.dims(), ids.dims()),
             ));
         }
+        let h0 = self.decoder.embed(&ids, mode)?;
         Ok(self
             .decoder
             .fixed_exit_states(h0, &exits, &side, self_mask.as_ref(), false, mode)?
