@@ -24,8 +24,8 @@ use elmer::checkpoint::{expected_tensors, TensorKind};
 use elmer::model::attention::KeyValue;
 use elmer::model::autoregressive::{generate_greedy_with, GreedyOptions};
 use elmer::model::decoder::DecoderLayer;
+use elmer::model::kernels::argmax_entropy_cols;
 use elmer::model::nn::Weights;
-use elmer::model::offramp::entropy;
 use elmer::{ElmerConfig, ElmerModel, ExitPolicy, Mode};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -113,7 +113,9 @@ fn base_model() -> ElmerModel {
         map.insert(spec.name, t);
     }
     assert!(map.contains_key("concat_head.weight"));
-    let model = ElmerModel::from_weights(cfg, &Weights::new(map)).unwrap();
+    // The layout `ElmerModel::from_dir` gives loaded checkpoints.
+    let weights = Weights::new(map).into_inference_layout().unwrap();
+    let model = ElmerModel::from_weights(cfg, &weights).unwrap();
     assert!(model.has_concat_head());
     model
 }
@@ -541,6 +543,37 @@ fn timed_layer(
     })
 }
 
+/// The off-ramp after `layer` for `rows` `[n, d]` as the library runs it: `W h^T` (timed as
+/// the projection), then the fused per-token argmax (and entropy for hard exit). Returns the
+/// ids `[n]`.
+fn timed_offramp(
+    st: &mut Stages,
+    dec: &elmer::model::decoder::Decoder,
+    layer: usize,
+    rows: &Tensor,
+    with_entropy: bool,
+) -> Tensor {
+    let (w, b) = dec.offramps().projection(layer).unwrap();
+    let raw_t = st.time("off-ramp projection", || {
+        w.matmul(&rows.t().unwrap()).unwrap()
+    });
+    let stage = if with_entropy {
+        "argmax + entropy"
+    } else {
+        "argmax"
+    };
+    st.time(stage, || {
+        let (ids, ent) = argmax_entropy_cols(&raw_t, b, with_entropy)
+            .unwrap()
+            .unwrap();
+        if let Some(e) = ent {
+            black_box(e.to_vec1::<f32>().unwrap());
+        }
+        black_box(ids.to_vec1::<u32>().unwrap());
+        ids
+    })
+}
+
 /// One stage-timed NAR pass at batch 1; returns the ids and exit layers.
 fn timed_nar(
     st: &mut Stages,
@@ -567,14 +600,13 @@ fn timed_nar(
     let d = h.dim(D::Minus1).unwrap();
     match name {
         "nar_last" | "nar_soft" | "nar_hard0" => {
-            let mut logits: Option<Tensor> = None;
+            let mut pred: Option<Tensor> = None;
             for (i, layer) in dec.layers().iter().enumerate() {
                 if name == "nar_soft" {
-                    if let Some(lg) = logits.take() {
-                        let pred = st.time("argmax", || lg.argmax(D::Minus1).unwrap());
+                    if let Some(p) = pred.take() {
                         h = st.time("soft feedback (embed + concat_head)", || {
-                            let e = dec.embeddings().lookup(&pred).unwrap();
-                            let cat = Tensor::cat(&[&h, &e], D::Minus1).unwrap();
+                            let e = dec.embeddings().lookup(&p.reshape((1, slot)).unwrap());
+                            let cat = Tensor::cat(&[&h, &e.unwrap()], D::Minus1).unwrap();
                             dec.concat_head().unwrap().forward(&cat).unwrap()
                         });
                     }
@@ -582,25 +614,18 @@ fn timed_nar(
                 h = timed_layer(st, layer, &h, &h, &cross[i]);
                 let last = i + 1 == n;
                 if last || name != "nar_last" {
-                    let lg = st.time("off-ramp projection", || {
-                        dec.offramps().logits(i + 1, &h).unwrap()
-                    });
-                    if name == "nar_hard0" && !last {
-                        st.time("argmax", || {
-                            black_box(lg.argmax(D::Minus1).unwrap().to_vec2::<u32>().unwrap())
-                        });
-                        st.time("entropy", || {
-                            black_box(entropy(&lg).unwrap().to_vec2::<f32>().unwrap())
-                        });
-                    }
-                    logits = Some(lg);
+                    let hard = name == "nar_hard0" && !last;
+                    pred = Some(timed_offramp(
+                        st,
+                        dec,
+                        i + 1,
+                        &h.reshape((slot, d)).unwrap(),
+                        hard,
+                    ));
                 }
             }
-            let lg = logits.unwrap();
-            let ids = st.time("argmax", || {
-                lg.argmax(D::Minus1).unwrap().to_vec2::<u32>().unwrap()
-            });
-            (ids[0].clone(), vec![n as u32; slot])
+            let ids = pred.unwrap().to_vec1::<u32>().unwrap();
+            (ids, vec![n as u32; slot])
         }
         "nar_fixed" => {
             let sched: Vec<u32> = fixed_schedule(1, slot).to_vec2::<u32>().unwrap()[0].clone();
@@ -658,12 +683,9 @@ fn timed_nar(
                     rows.index_select(&Tensor::new(idx.as_slice(), &Device::Cpu).unwrap(), 0)
                         .unwrap()
                 });
-                let lg = st.time("off-ramp projection", || {
-                    dec.offramps().logits(i + 1, &sub).unwrap()
-                });
-                let am = st.time("argmax", || {
-                    lg.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap()
-                });
+                let am = timed_offramp(st, dec, i + 1, &sub, false)
+                    .to_vec1::<u32>()
+                    .unwrap();
                 for (j, &k) in exiting.iter().enumerate() {
                     out_ids[active[k] as usize] = am[j];
                     exits[active[k] as usize] = l;

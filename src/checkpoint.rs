@@ -579,6 +579,7 @@ impl ElmerModel {
         opts: &LoadOptions,
     ) -> Result<(Self, LoadReport)> {
         let (cfg, weights, report) = load_dir(dir, opts)?;
+        let weights = weights.into_inference_layout()?;
         Ok((ElmerModel::from_weights(cfg, &weights)?, report))
     }
 }

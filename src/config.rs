@@ -358,7 +358,7 @@ impl ElmerConfig {
             ("encoder_attention_heads", self.encoder_attention_heads),
             ("decoder_attention_heads", self.decoder_attention_heads),
         ] {
-            if self.d_model % heads != 0 {
+            if !self.d_model.is_multiple_of(heads) {
                 return Err(Error::config(
                     field,
                     format!("d_model {} is not divisible by {heads} heads", self.d_model),

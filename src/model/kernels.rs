@@ -7,9 +7,11 @@
 //! - [`cross_entropy_rows`]: per-row NLL `logsumexp(x) - x[label]` with its backward
 //!   `softmax(x) - onehot(label)`, pads giving 0.
 //!
-//! - [`argmax_entropy_rows`]: per-row `argmax(x + b)` and, optionally, the entropy of
-//!   `softmax(x + b)`, without materialising the biased logits (off-ramp decisions at
-//!   inference: hard-exit entropies, soft-exit feedback, the final argmax).
+//! - [`argmax_entropy_cols`]: per-token `argmax(x + b)` and, optionally, the entropy of
+//!   `softmax(x + b)` over vocabulary-major logits `[vocab, tokens]`, without materialising
+//!   the biased logits (off-ramp decisions at inference: hard-exit entropies, soft-exit
+//!   feedback, the final argmax); the vocabulary is split over threads and the partial
+//!   maxima and softmax sums merged.
 //!
 //! On other devices (CUDA) callers fall back to the composed, differentiable candle ops.
 
@@ -197,14 +199,87 @@ impl CustomOp3 for CrossEntropyGrad {
     }
 }
 
-/// Per-row argmax of `logits + bias` (and the entropy of its softmax when `entropy`).
-struct ArgmaxEntropy {
+/// `exp(x)` for `x <= 0` in f32 (Cephes `expf` range reduction and polynomial, relative
+/// error about 2e-7; inputs below -87 clamp to the smallest normal value). Branch-free, so
+/// loops over it vectorise.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Column statistics of `x + b` over vocabulary rows `v0..v1` of `x` `[vocab, cols]`:
+/// running max and first argmax per column, then (when `entropy`) `Z = sum exp(z - max)`
+/// and `S = sum exp(z - max) (z - max)`.
+struct ColStats {
+    max: Vec<f32>,
+    arg: Vec<u32>,
+    z: Vec<f32>,
+    s: Vec<f32>,
+}
+
+#[inline(always)]
+fn col_stats_body(x: &[f32], b: &[f32], cols: usize, v0: usize, entropy: bool) -> ColStats {
+    let mut max = vec![f32::NEG_INFINITY; cols];
+    let mut arg = vec![v0 as u32; cols];
+    for (j, (row, &bv)) in x.chunks_exact(cols).zip(b).enumerate() {
+        let v = (v0 + j) as u32;
+        for ((m, a), &xv) in max.iter_mut().zip(arg.iter_mut()).zip(row) {
+            let z = xv + bv;
+            let better = z > *m;
+            *m = if better { z } else { *m };
+            *a = if better { v } else { *a };
+        }
+    }
+    let mut z = vec![0f32; cols];
+    let mut s = vec![0f32; cols];
+    if entropy {
+        for (row, &bv) in x.chunks_exact(cols).zip(b) {
+            for (((zc, sc), &m), &xv) in z.iter_mut().zip(s.iter_mut()).zip(&max).zip(row) {
+                let d = xv + bv - m;
+                let e = exp_nonpositive(d);
+                *zc += e;
+                *sc += e * d;
+            }
+        }
+    }
+    ColStats { max, arg, z, s }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn col_stats_avx2(x: &[f32], b: &[f32], cols: usize, v0: usize, entropy: bool) -> ColStats {
+    col_stats_body(x, b, cols, v0, entropy)
+}
+
+fn col_stats(x: &[f32], b: &[f32], cols: usize, v0: usize, entropy: bool) -> ColStats {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the enabled target features (checked just above).
+        return unsafe { col_stats_avx2(x, b, cols, v0, entropy) };
+    }
+    col_stats_body(x, b, cols, v0, entropy)
+}
+
+/// Per-column argmax of `logits_t + bias` (and the entropy of its softmax when `entropy`)
+/// for vocabulary-major logits `[vocab, cols]`: the layout `W h^T` produces, which candle's
+/// gemm computes fastest for an off-ramp (the `[vocab, d]` table as the left operand).
+struct ArgmaxEntropyCols {
     entropy: bool,
 }
 
-impl CustomOp2 for ArgmaxEntropy {
+impl CustomOp2 for ArgmaxEntropyCols {
     fn name(&self) -> &'static str {
-        "elmer-argmax-entropy"
+        "elmer-argmax-entropy-cols"
     }
 
     fn cpu_fwd(
@@ -214,58 +289,82 @@ impl CustomOp2 for ArgmaxEntropy {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (rows, cols) = l1.shape().dims2()?;
+        let (vocab, cols) = l1.shape().dims2()?;
         let x = f32_slice(s1, l1, "logits")?;
         let b = f32_slice(s2, l2, "bias")?;
-        if b.len() != cols {
-            candle_core::bail!("argmax: {} biases for {cols} columns", b.len());
+        if b.len() != vocab {
+            candle_core::bail!("argmax: {} biases for {vocab} vocabulary rows", b.len());
         }
-        let mut out = vec![0f32; rows * 2];
+        let mut out = vec![0f32; cols * 2];
+        if vocab == 0 || cols == 0 {
+            return Ok((CpuStorage::F32(out), Shape::from((cols, 2))));
+        }
+        // Split the vocabulary over threads; merge the partial statistics in order.
+        let n = threads_for(vocab, cols).min(vocab);
+        let per = vocab.div_ceil(n);
         let entropy = self.entropy;
-        par_rows(&mut out, 2, cols, |r, o| {
-            let row = &x[r * cols..(r + 1) * cols];
-            let mut best = 0usize;
-            let mut m = f32::NEG_INFINITY;
-            for (j, (&v, &c)) in row.iter().zip(b).enumerate() {
-                let z = v + c;
-                if z > m {
-                    m = z;
-                    best = j;
+        let parts: Vec<ColStats> = if n <= 1 {
+            vec![col_stats(x, b, cols, 0, entropy)]
+        } else {
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = (0..n)
+                    .map(|p| {
+                        let v0 = p * per;
+                        let v1 = ((p + 1) * per).min(vocab);
+                        let (xs, bs) = (&x[v0 * cols..v1 * cols], &b[v0..v1]);
+                        sc.spawn(move || col_stats(xs, bs, cols, v0, entropy))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("off-ramp kernel thread panicked"))
+                    .collect()
+            })
+        };
+        for c in 0..cols {
+            // Ties keep the lowest index (as torch): parts are in vocabulary order.
+            let (mut m, mut a) = (f32::NEG_INFINITY, parts[0].arg[c]);
+            for p in &parts {
+                if p.max[c] > m {
+                    m = p.max[c];
+                    a = p.arg[c];
                 }
             }
-            o[0] = best as f32;
+            out[c * 2] = a as f32;
             if entropy {
-                // H = log Z - sum p z' with z' = z - m (shifted for stability).
-                let mut zsum = 0f32;
-                let mut ez = 0f32;
-                for (&v, &c) in row.iter().zip(b) {
-                    let d = v + c - m;
-                    let e = d.exp();
-                    zsum += e;
-                    ez += e * d;
+                // Rescale each part's sums from its own max to the global one.
+                let (mut z, mut s) = (0f32, 0f32);
+                for p in &parts {
+                    let shift = p.max[c] - m;
+                    let scale = shift.exp();
+                    z += p.z[c] * scale;
+                    s += scale * (p.s[c] + shift * p.z[c]);
                 }
-                o[1] = zsum.ln() - ez / zsum;
+                out[c * 2 + 1] = z.ln() - s / z;
             }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((rows, 2))))
+        }
+        Ok((CpuStorage::F32(out), Shape::from((cols, 2))))
     }
 }
 
-/// Per-row `argmax(logits + bias)` as `[rows]` u32 ids, and (when `entropy`) the entropy in
-/// nats of `softmax(logits + bias)` as `[rows]` f32. `logits` `[rows, vocab]` f32 on CPU;
-/// returns `None` elsewhere (callers use candle ops). Ties pick the lowest index, as torch.
-pub fn argmax_entropy_rows(
-    logits: &Tensor,
+/// Per-column `argmax(logits_t + bias)` as `[cols]` u32 ids, and (when `entropy`) the
+/// entropy in nats of `softmax(logits_t + bias)` over the vocabulary as `[cols]` f32.
+/// `logits_t` is vocabulary-major `[vocab, cols]` f32 on CPU, `bias` `[vocab]`; returns `None`
+/// elsewhere (callers use candle ops). Ties pick the lowest index, as torch.
+pub fn argmax_entropy_cols(
+    logits_t: &Tensor,
     bias: &Tensor,
     entropy: bool,
 ) -> candle_core::Result<Option<(Tensor, Option<Tensor>)>> {
-    if !logits.device().is_cpu() || logits.dtype() != candle_core::DType::F32 || logits.rank() != 2
+    if !logits_t.device().is_cpu()
+        || logits_t.dtype() != candle_core::DType::F32
+        || logits_t.rank() != 2
     {
         return Ok(None);
     }
-    let out = logits.contiguous()?.apply_op2_no_bwd(
+    let out = logits_t.contiguous()?.apply_op2_no_bwd(
         &bias.to_dtype(candle_core::DType::F32)?.contiguous()?,
-        &ArgmaxEntropy { entropy },
+        &ArgmaxEntropyCols { entropy },
     )?;
     let ids = out
         .narrow(1, 0, 1)?
@@ -331,7 +430,8 @@ mod tests {
             .map(|i| ((i * 11 % 13) as f32 - 6.0) / 3.0)
             .collect();
         let b = Tensor::from_vec(b, 513, &dev).unwrap();
-        let (ids, ent) = argmax_entropy_rows(&x, &b, true).unwrap().unwrap();
+        let xt = x.t().unwrap().contiguous().unwrap();
+        let (ids, ent) = argmax_entropy_cols(&xt, &b, true).unwrap().unwrap();
         let z = x.broadcast_add(&b).unwrap();
         let want_ids: Vec<u32> = z.argmax(D::Minus1).unwrap().to_vec1().unwrap();
         assert_eq!(ids.to_vec1::<u32>().unwrap(), want_ids);
@@ -345,9 +445,69 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(d < 1e-4, "entropy differs by {d}");
-        let (ids2, none) = argmax_entropy_rows(&x, &b, false).unwrap().unwrap();
+        let (ids2, none) = argmax_entropy_cols(&xt, &b, false).unwrap().unwrap();
         assert!(none.is_none());
         assert_eq!(ids2.to_vec1::<u32>().unwrap(), want_ids);
+    }
+
+    #[test]
+    fn fast_exp_is_accurate() {
+        let mut worst = 0f32;
+        for i in 0..=200_000 {
+            let x = -(i as f32) * 0.0005; // 0 .. -100
+            let want = x.exp();
+            let got = exp_nonpositive(x);
+            if x >= -86.0 {
+                worst = worst.max(((got - want) / want).abs());
+            } else {
+                // Clamped at exp(-87) = 1.6e-38: negligible next to any softmax term.
+                assert!((0.0..5e-38).contains(&got), "exp({x}) = {got}");
+            }
+        }
+        assert!(worst < 5e-7, "relative error {worst}");
+    }
+
+    #[test]
+    fn column_kernel_merges_vocabulary_parts() {
+        // Large enough to be split over threads; a tie across the split keeps the lowest id.
+        let dev = Device::Cpu;
+        let (vocab, cols) = (50_265usize, 6usize);
+        let data: Vec<f32> = (0..vocab * cols)
+            .map(|i| (((i * 7_919) % 10_007) as f32 - 5_003.0) / 700.0)
+            .collect();
+        let mut x = Tensor::from_vec(data, (vocab, cols), &dev).unwrap();
+        let mut host: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        for v in [17usize, 40_000] {
+            host[v * cols + 2] = 50.0;
+        }
+        host[49_000 * cols + 4] = 60.0;
+        x = Tensor::from_vec(host, (vocab, cols), &dev).unwrap();
+        let b: Vec<f32> = (0..vocab).map(|v| ((v % 5) as f32 - 2.0) / 10.0).collect();
+        let b = Tensor::from_vec(b, vocab, &dev).unwrap();
+        let (ids, ent) = argmax_entropy_cols(&x, &b, true).unwrap().unwrap();
+        let z = x.t().unwrap().broadcast_add(&b).unwrap();
+        let want_ids: Vec<u32> = z.argmax(D::Minus1).unwrap().to_vec1().unwrap();
+        assert_eq!(ids.to_vec1::<u32>().unwrap(), want_ids);
+        assert_eq!(want_ids[4], 49_000);
+        let want_ent: Vec<f32> = crate::model::offramp::entropy(&z)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (g, w) in ent.unwrap().to_vec1::<f32>().unwrap().iter().zip(&want_ent) {
+            assert!(
+                (g - w).abs() < 1e-4 * w.abs().max(1.0),
+                "entropy {g} vs {w}"
+            );
+        }
+        // An exact tie across the two halves of the vocabulary.
+        let mut host = vec![0f32; vocab * 2];
+        host[5 * 2] = 3.0;
+        host[45_000 * 2] = 3.0;
+        host[30_000 * 2 + 1] = 1.0;
+        let x = Tensor::from_vec(host, (vocab, 2), &dev).unwrap();
+        let zeros = Tensor::zeros(vocab, candle_core::DType::F32, &dev).unwrap();
+        let (ids, _) = argmax_entropy_cols(&x, &zeros, false).unwrap().unwrap();
+        assert_eq!(ids.to_vec1::<u32>().unwrap(), vec![5, 30_000]);
     }
 
     #[test]

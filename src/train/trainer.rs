@@ -459,11 +459,11 @@ impl Trainer {
             tok_time.1 += 1.0;
             let step = self.state.step;
             let last = step == self.config.steps;
-            if (self.config.eval_every > 0 && step % self.config.eval_every == 0) || last {
+            if (self.config.eval_every > 0 && step.is_multiple_of(self.config.eval_every)) || last {
                 entry.eval_loss = Some(self.evaluate(obj)?);
             }
             let show =
-                step % self.config.log_every.max(1) == 0 || last || entry.eval_loss.is_some();
+                step.is_multiple_of(self.config.log_every.max(1)) || last || entry.eval_loss.is_some();
             if show {
                 let remaining = (self.config.steps - step) as f64 * self.state.elapsed_secs
                     / (step - resumed_from).max(1) as f64;
@@ -480,7 +480,7 @@ impl Trainer {
                 );
             }
             self.state.history.push(entry);
-            if (self.config.save_every > 0 && step % self.config.save_every == 0) || last {
+            if (self.config.save_every > 0 && step.is_multiple_of(self.config.save_every)) || last {
                 self.save_checkpoint()?;
             }
         }
