@@ -34,7 +34,7 @@ impl FeedForward {
 
     /// `[.., d] -> [.., d]`.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
-        let h = self.act.apply(&self.fc1.forward(x)?)?;
+        let h = self.fc1.forward_act(x, self.act)?;
         let h = dropout(&h, self.activation_dropout, mode)?;
         self.fc2.forward(&h)
     }

@@ -25,6 +25,7 @@ pub mod decoder;
 pub mod embedding;
 pub mod encoder;
 pub mod exit;
+pub mod fused;
 pub mod kernels;
 pub mod nn;
 pub mod offramp;

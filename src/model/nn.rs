@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use rand::rngs::StdRng;
 use rand::Rng;
 
+use crate::config::Activation;
 use crate::error::{Error, Result};
 
 /// Whether a forward pass is for inference or training.
@@ -143,6 +144,28 @@ impl Linear {
         self.bias.as_ref()
     }
 
+    /// Applies the layer and then `act` to `[..., in]`, giving `[..., out]`; bias and
+    /// activation are one fused in-place pass on CPU when nothing tracks gradients.
+    pub fn forward_act(&self, xs: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
+        let dims = xs.dims();
+        let in_dim = dims[dims.len() - 1];
+        let rows = xs.elem_count() / in_dim.max(1);
+        let mut out_dims = dims.to_vec();
+        let last = out_dims.len() - 1;
+        out_dims[last] = self.weight.dim(0)?;
+        let y = xs.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            if super::fused::bias_act_(&y, b, Some(act))? {
+                return y.reshape(out_dims);
+            }
+        }
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        act.apply(&y)?.reshape(out_dims)
+    }
+
     /// Applies the layer to `[..., in]`, giving `[..., out]`.
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let dims = xs.dims();
@@ -151,6 +174,7 @@ impl Linear {
         let x2 = xs.reshape((rows, in_dim))?;
         let y = x2.matmul(&self.weight.t()?)?;
         let y = match &self.bias {
+            Some(b) if super::fused::bias_act_(&y, b, None)? => y,
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };

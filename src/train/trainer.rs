@@ -462,8 +462,9 @@ impl Trainer {
             if (self.config.eval_every > 0 && step.is_multiple_of(self.config.eval_every)) || last {
                 entry.eval_loss = Some(self.evaluate(obj)?);
             }
-            let show =
-                step.is_multiple_of(self.config.log_every.max(1)) || last || entry.eval_loss.is_some();
+            let show = step.is_multiple_of(self.config.log_every.max(1))
+                || last
+                || entry.eval_loss.is_some();
             if show {
                 let remaining = (self.config.steps - step) as f64 * self.state.elapsed_secs
                     / (step - resumed_from).max(1) as f64;
