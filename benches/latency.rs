@@ -757,7 +757,124 @@ fn breakdown() {
     }
 }
 
+// ------------------------------------------------------------------------------------------
+// peak memory: one fresh process per case (ELMER_BENCH_MEMORY=1)
+// ------------------------------------------------------------------------------------------
+
+/// `VmHWM` (peak resident set) and `VmRSS` of this process, MiB.
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Batch-1 case ids measured for peak memory.
+fn memory_cases() -> Vec<String> {
+    let mut ids = Vec::new();
+    for &src in &SOURCES {
+        ids.push(format!("encoder/src{src}"));
+        for &slot in &SLOTS {
+            for name in NAR.iter().copied().chain(["ar_greedy"]) {
+                ids.push(format!("src{src}_slot{slot}/{name}"));
+            }
+        }
+    }
+    ids
+}
+
+/// Child: build the model, run case `id` twice, print one JSON line with the resident set
+/// after building and the peak over the whole process.
+fn memory_child(id: &str) {
+    let s = setup();
+    let (_, built) = rss_mib();
+    let (group, name) = id.split_once('/').expect("case id group/name");
+    for _ in 0..2 {
+        if group == "encoder" {
+            let src: usize = name.trim_start_matches("src").parse().unwrap();
+            black_box(s.model.encode(&s.sources[&src], None).unwrap().hidden);
+            continue;
+        }
+        let (src, slot) = group
+            .strip_prefix("src")
+            .and_then(|g| g.split_once("_slot"))
+            .map(|(a, b)| (a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()))
+            .expect("case id srcS_slotT/name");
+        let ids = &s.sources[&src];
+        if name == "ar_greedy" {
+            black_box(run_ar(&s.model, ids, slot));
+        } else {
+            black_box(run_nar(&s.model, ids, slot, &policy(name, 1, slot)));
+        }
+    }
+    let (peak, _) = rss_mib();
+    println!(
+        "{}",
+        serde_json::json!({"id": id, "after_build_mib": built, "peak_mib": peak})
+    );
+}
+
+/// Parent: one child process per case (filter: substring of the id, as criterion's), results
+/// to `target/elmer-bench-memory.{json,md}`.
+fn memory() {
+    let filter = cli_filter().flatten();
+    let exe = std::env::current_exe().expect("bench executable");
+    let mut rows = serde_json::Map::new();
+    let mut md = String::from(
+        "| case | resident after building the model (MiB) | peak resident (MiB) |\n|---|---|---|\n",
+    );
+    for id in memory_cases() {
+        if filter.as_ref().is_some_and(|f| !id.contains(f.as_str())) {
+            continue;
+        }
+        let out = std::process::Command::new(&exe)
+            .env("ELMER_BENCH_MEMORY_CHILD", &id)
+            .env_remove("ELMER_BENCH_MEMORY")
+            .output()
+            .expect("run the bench executable");
+        let line = String::from_utf8_lossy(&out.stdout);
+        let Some(v) = line
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        else {
+            eprintln!("{id}: no result ({})", String::from_utf8_lossy(&out.stderr));
+            continue;
+        };
+        let (built, peak) = (
+            v["after_build_mib"].as_f64().unwrap_or(f64::NAN),
+            v["peak_mib"].as_f64().unwrap_or(f64::NAN),
+        );
+        eprintln!("{id:<28} after build {built:7.1} MiB, peak {peak:7.1} MiB");
+        md.push_str(&format!("| {id} | {built:.1} | {peak:.1} |\n"));
+        rows.insert(id, v);
+    }
+    let _ = std::fs::create_dir_all(target_dir());
+    let json = target_dir().join("elmer-bench-memory.json");
+    let _ = std::fs::write(
+        &json,
+        serde_json::to_string_pretty(&serde_json::json!({ "cases": rows })).unwrap(),
+    );
+    let _ = std::fs::write(target_dir().join("elmer-bench-memory.md"), &md);
+    println!("{md}");
+    eprintln!("wrote {}", json.display());
+}
+
 fn main() {
+    if let Ok(id) = std::env::var("ELMER_BENCH_MEMORY_CHILD") {
+        memory_child(&id);
+        return;
+    }
+    if std::env::var_os("ELMER_BENCH_MEMORY").is_some() {
+        memory();
+        return;
+    }
     if std::env::var_os("ELMER_BENCH_BREAKDOWN").is_some() {
         breakdown();
         return;

@@ -30,13 +30,20 @@ for a subset of tokens.
 If target/elmer-bench-summary.json (written by the Rust bench) exists, the table also shows the
 crate's median and the crate/PyTorch ratio. Results are written to
 target/pytorch-bench-summary.json.
+
+`--memory` measures peak memory instead: every case runs twice in a fresh Python process, which
+reports its resident set after building the model and its peak (`ru_maxrss`); with
+target/elmer-bench-memory.json (from `ELMER_BENCH_MEMORY=1 cargo bench --bench latency`) the
+table shows the crate's peak and the ratio. Results: target/pytorch-bench-memory.json.
 """
 
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
+import sys
 import time
 
 import torch
@@ -152,6 +159,47 @@ def loadavg():
         return ""
 
 
+def rss_mib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def memory_parent(args):
+    ids = []
+    for s in SOURCES:
+        ids.append(f"encoder/src{s}")
+        for t in SLOTS:
+            ids += [f"src{s}_slot{t}/{p}" for p in ("nar_last", "nar_soft", "nar_hard0", "ar_greedy")]
+    rust = {}
+    if os.path.exists(args.rust_memory):
+        with open(args.rust_memory) as f:
+            rust = json.load(f).get("cases", {})
+    results = {}
+    print("| case | PyTorch after build MiB | PyTorch peak MiB | crate peak MiB | crate/PyTorch |")
+    print("|---|---|---|---|---|")
+    for name in ids:
+        if args.only and args.only not in name:
+            continue
+        out = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--threads", str(args.threads),
+             "--attn", args.attn, "--memory-child", name],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        results[name] = r
+        c = rust.get(name, {}).get("peak_mib")
+        print(f"| {name} | {r['after_build_mib']:.0f} | {r['peak_mib']:.0f} | "
+              + (f"{c:.0f} | {c / r['peak_mib']:.2f} |" if c else "- | - |"), flush=True)
+    out = os.path.join(ROOT, "target", "pytorch-bench-memory.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"torch": torch.__version__, "threads": args.threads, "cases": results}, f, indent=2)
+    print(f"wrote {out}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
@@ -161,7 +209,13 @@ def main():
     ap.add_argument("--only", default="", help="run only case ids containing this substring")
     ap.add_argument("--rust-summary", default=os.path.join(ROOT, "target", "elmer-bench-summary.json"))
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "pytorch-bench-summary.json"))
+    ap.add_argument("--memory", action="store_true",
+                    help="measure peak resident memory per case (one process per case)")
+    ap.add_argument("--memory-child", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--rust-memory", default=os.path.join(ROOT, "target", "elmer-bench-memory.json"))
     args = ap.parse_args()
+    if args.memory:
+        return memory_parent(args)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -204,6 +258,16 @@ def main():
                 (f"src{s}_slot{t}/nar_hard0", lambda ids=ids, t=t: el.hard(ids, t)),
                 (f"src{s}_slot{t}/ar_greedy", lambda ids=ids, t=t: ar(ids, t)),
             ]
+
+    if args.memory_child:
+        case = dict(cases)[args.memory_child]
+        built = rss_mib()
+        with torch.inference_mode():
+            case()
+            case()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        print(json.dumps({"id": args.memory_child, "after_build_mib": built, "peak_mib": peak}))
+        return
 
     rust = {}
     if os.path.exists(args.rust_summary):

@@ -51,6 +51,59 @@ fn truncated_weight_files_name_the_file() {
 }
 
 #[test]
+fn corrupt_safetensors_headers_are_reported() {
+    let original = std::fs::read(model_dir("cg").join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(original[..8].try_into().unwrap()) as usize;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "trailing bytes",
+            [original.clone(), vec![0u8; 3]].concat(),
+            "truncated or corrupt",
+        ),
+        (
+            "header longer than the file",
+            {
+                let mut b = original.clone();
+                b[..8].copy_from_slice(&(original.len() as u64).to_le_bytes());
+                b
+            },
+            "does not fit",
+        ),
+        (
+            "header not JSON",
+            {
+                let mut b = original.clone();
+                b[8] = b'#';
+                b
+            },
+            "safetensors header",
+        ),
+        (
+            "shorter than 8 bytes",
+            original[..5].to_vec(),
+            "not a safetensors file",
+        ),
+        (
+            "header only",
+            original[..8 + n].to_vec(),
+            "truncated or corrupt",
+        ),
+    ];
+    for (what, bytes, needle) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&model_dir("cg"), dir.path());
+        std::fs::write(dir.path().join("model.safetensors"), bytes).unwrap();
+        let e = load_err(dir.path());
+        assert!(matches!(e, Error::Parse { .. }), "{what}: {e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("model.safetensors") && msg.contains(needle),
+            "{what}: {msg}"
+        );
+    }
+}
+
+#[test]
 fn missing_shard_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&model_dir("cg_sharded"), dir.path());
