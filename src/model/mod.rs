@@ -26,6 +26,7 @@ pub mod embedding;
 pub mod encoder;
 pub mod exit;
 pub mod fused;
+pub mod gemv;
 pub mod kernels;
 pub mod nn;
 pub mod offramp;

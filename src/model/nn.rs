@@ -153,7 +153,11 @@ impl Linear {
         let mut out_dims = dims.to_vec();
         let last = out_dims.len() - 1;
         out_dims[last] = self.weight.dim(0)?;
-        let y = xs.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let x2 = xs.reshape((rows, in_dim))?;
+        let y = match super::gemv::linear_few_rows(&x2, &self.weight, None)? {
+            Some(y) => y,
+            None => x2.matmul(&self.weight.t()?)?,
+        };
         if let Some(b) = &self.bias {
             if super::fused::bias_act_(&y, b, Some(act))? {
                 return y.reshape(out_dims);
@@ -172,6 +176,12 @@ impl Linear {
         let in_dim = dims[dims.len() - 1];
         let rows = xs.elem_count() / in_dim.max(1);
         let x2 = xs.reshape((rows, in_dim))?;
+        if let Some(y) = super::gemv::linear_few_rows(&x2, &self.weight, self.bias.as_ref())? {
+            let mut out_dims = dims.to_vec();
+            let last = out_dims.len() - 1;
+            out_dims[last] = self.weight.dim(0)?;
+            return y.reshape(out_dims);
+        }
         let y = x2.matmul(&self.weight.t()?)?;
         let y = match &self.bias {
             Some(b) if super::fused::bias_act_(&y, b, None)? => y,

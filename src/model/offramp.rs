@@ -100,7 +100,10 @@ pub fn offramp_decisions(
         // `W h^T` `[vocab, rows]`: with the `[vocab, d]` table as the left operand candle's
         // gemm runs near its peak even for a few rows (`h W^T` packs the transposed table
         // on every call: 1.5-2x slower at 32-64 rows).
-        let raw_t = w.matmul(&h.t()?)?;
+        let raw_t = match super::gemv::matmul_t_output_major(h, w)? {
+            Some(t) => t, // a few rows: streaming matrix-vector kernel
+            None => w.matmul(&h.t()?)?,
+        };
         if let Some((ids, ent)) = super::kernels::argmax_entropy_cols(&raw_t, b, with_entropy)? {
             return Ok((ids, ent));
         }
