@@ -200,9 +200,9 @@ fn output_major(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<(Vec<f32>,
 /// `x W^T` as a vocabulary-major (output-major) tensor `[out, rows]`, the layout the off-ramp
 /// argmax kernel reads; `None` when the kernel does not apply.
 pub fn matmul_t_output_major(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    Ok(output_major(x, w)?
+    output_major(x, w)?
         .map(|(y_t, rows, d_out)| Tensor::from_vec(y_t, (d_out, rows), &Device::Cpu))
-        .transpose()?)
+        .transpose()
 }
 
 /// `y = x W^T (+ b)` for `x` `[rows, in]` with `rows <= MAX_ROWS` and `w` `[out, in]` stored
