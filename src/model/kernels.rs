@@ -200,11 +200,12 @@ impl CustomOp3 for CrossEntropyGrad {
 }
 
 /// `exp(x)` for `x <= 0` in f32 (Cephes `expf` range reduction and polynomial, relative
-/// error about 2e-7; 0 below -87, where `expf` is subnormal). Branch-free, so loops over it
-/// vectorise.
+/// error about 2e-7; 0 below -87, where `expf` is subnormal; NaN stays NaN). Branch-free and
+/// without saturating float-to-int casts, so loops over it vectorise.
 #[inline(always)]
 pub(crate) fn exp_nonpositive(x_in: f32) -> f32 {
-    let x = x_in.max(-87.0);
+    // Clamped to [-87, 0] (NaN -> -87 here, restored below): n is then in [-126, 0].
+    let x = x_in.max(-87.0).min(0.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let mut p = 1.987_569_1e-4f32;
@@ -214,9 +215,14 @@ pub(crate) fn exp_nonpositive(x_in: f32) -> f32 {
     p = p * r + 0.166_666_65;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let y = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // SAFETY: n is a whole number in [-126, 0] (x was clamped above), so the conversion is
+    // exact and in range; the unchecked form vectorises (`as` saturates, which does not).
+    let n = unsafe { n.to_int_unchecked::<i32>() };
+    let y = y * f32::from_bits(((n + 127) as u32) << 23);
     if x_in < -87.0 {
         0.0
+    } else if x_in.is_nan() {
+        x_in
     } else {
         y
     }
@@ -469,6 +475,9 @@ mod tests {
                 assert!((0.0..5e-38).contains(&got), "exp({x}) = {got}");
             }
         }
+        assert!(exp_nonpositive(f32::NAN).is_nan());
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_nonpositive(0.0), 1.0);
         assert!(worst < 5e-7, "relative error {worst}");
     }
 
