@@ -205,6 +205,8 @@ impl CustomOp3 for CrossEntropyGrad {
 #[inline(always)]
 pub(crate) fn exp_nonpositive(x_in: f32) -> f32 {
     // Clamped to [-87, 0] (NaN -> -87 here, restored below): n is then in [-126, 0].
+    // Not `clamp`, which passes NaN through (and NaN must not reach the conversion below).
+    #[allow(clippy::manual_clamp)]
     let x = x_in.max(-87.0).min(0.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
