@@ -18,18 +18,20 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 fn threads_for(rows: usize, cols: usize) -> usize {
-    let avail = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // Below ~64K elements per thread, spawning costs more than it saves.
-    avail.min((rows * cols / 65_536).max(1)).min(rows.max(1))
+    let avail = rayon::current_num_threads().max(1);
+    // Below ~16K elements per task, handing work to the pool costs more than it saves.
+    avail.min((rows * cols / 16_384).max(1)).min(rows.max(1))
 }
 
-/// Runs `f(row_index, row_out)` over row chunks in parallel.
+/// Runs `f(row_index, row_out)` over row chunks in parallel (on rayon's pool: spawning OS
+/// threads per call cost about 50 us, comparable to a whole kernel on small inputs).
 pub(crate) fn par_rows<T: Send>(
     out: &mut [T],
     row_len: usize,
     cols: usize,
     f: impl Fn(usize, &mut [T]) + Sync,
 ) {
+    use rayon::prelude::*;
     let rows = out.len() / row_len.max(1);
     let n = threads_for(rows, cols);
     if n <= 1 {
@@ -39,16 +41,13 @@ pub(crate) fn par_rows<T: Send>(
         return;
     }
     let per = rows.div_ceil(n);
-    std::thread::scope(|s| {
-        for (ci, block) in out.chunks_mut(per * row_len).enumerate() {
-            let f = &f;
-            s.spawn(move || {
-                for (j, chunk) in block.chunks_mut(row_len).enumerate() {
-                    f(ci * per + j, chunk);
-                }
-            });
-        }
-    });
+    out.par_chunks_mut(per * row_len)
+        .enumerate()
+        .for_each(|(ci, block)| {
+            for (j, chunk) in block.chunks_mut(row_len).enumerate() {
+                f(ci * per + j, chunk);
+            }
+        });
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
@@ -319,20 +318,15 @@ impl CustomOp2 for ArgmaxEntropyCols {
         let parts: Vec<ColStats> = if n <= 1 {
             vec![col_stats(x, b, cols, 0, entropy)]
         } else {
-            std::thread::scope(|sc| {
-                let handles: Vec<_> = (0..n)
-                    .map(|p| {
-                        let v0 = p * per;
-                        let v1 = ((p + 1) * per).min(vocab);
-                        let (xs, bs) = (&x[v0 * cols..v1 * cols], &b[v0..v1]);
-                        sc.spawn(move || col_stats(xs, bs, cols, v0, entropy))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("off-ramp kernel thread panicked"))
-                    .collect()
-            })
+            use rayon::prelude::*;
+            (0..n)
+                .into_par_iter()
+                .map(|p| {
+                    let v0 = p * per;
+                    let v1 = ((p + 1) * per).min(vocab);
+                    col_stats(&x[v0 * cols..v1 * cols], &b[v0..v1], cols, v0, entropy)
+                })
+                .collect()
         };
         for c in 0..cols {
             // Ties keep the lowest index (as torch): parts are in vocabulary order.
