@@ -16,7 +16,7 @@
 
 use candle_core::{CpuStorage, DType, InplaceOp1, InplaceOp2, Layout, Tensor};
 
-use super::kernels::{exp_nonpositive, par_rows};
+use super::kernels::{exp_nonpositive, f32_slice, par_rows};
 use crate::config::Activation;
 
 fn f32_slice_mut<'a>(
@@ -30,17 +30,6 @@ fn f32_slice_mut<'a>(
     };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&mut v[a..b]),
-        None => candle_core::bail!("{what}: expected a contiguous tensor"),
-    }
-}
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let v = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => candle_core::bail!("{what}: expected f32"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
         None => candle_core::bail!("{what}: expected a contiguous tensor"),
     }
 }
