@@ -630,7 +630,6 @@ fn timed_nar(
         "nar_fixed" => {
             let sched: Vec<u32> = fixed_schedule(1, slot).to_vec2::<u32>().unwrap()[0].clone();
             let mut active: Vec<u32> = (0..slot as u32).collect();
-            let mut out_ids = vec![0u32; slot];
             let mut exits = vec![0u32; slot];
             for (i, layer) in dec.layers().iter().enumerate() {
                 let l = i as u32 + 1;
@@ -678,21 +677,18 @@ fn timed_nar(
                 if exiting.is_empty() {
                     continue;
                 }
-                let sub = st.time("sparse gather/scatter", || {
-                    let idx: Vec<u32> = exiting.iter().map(|&k| k as u32).collect();
-                    rows.index_select(&Tensor::new(idx.as_slice(), &Device::Cpu).unwrap(), 0)
-                        .unwrap()
-                });
-                let am = timed_offramp(st, dec, i + 1, &sub, false)
-                    .to_vec1::<u32>()
-                    .unwrap();
-                for (j, &k) in exiting.iter().enumerate() {
-                    out_ids[active[k] as usize] = am[j];
+                let _ = rows;
+                for &k in &exiting {
                     exits[active[k] as usize] = l;
                 }
                 let gone: Vec<u32> = exiting.iter().map(|&k| active[k]).collect();
                 active.retain(|p| !gone.contains(p));
             }
+            // As the library: one off-ramp pass over every token's exit-layer state (the rows
+            // of `h` stop changing when their token exits; the bench's off-ramp is shared).
+            let out_ids = timed_offramp(st, dec, n, &h.reshape((slot, d)).unwrap(), false)
+                .to_vec1::<u32>()
+                .unwrap();
             (out_ids, exits)
         }
         other => unreachable!("{other}"),

@@ -86,6 +86,22 @@ fn check_all(model: &ElmerModel, refname: &str, soft: bool) {
         to_u32_vec2(&out.ids),
         to_u32_vec2(&r["fixed_logits"].argmax(2).unwrap())
     );
+    // Fixed exit without logits: the off-ramps run once, after the last layer, on every
+    // token's exit-layer state.
+    let out = model
+        .decode(
+            &enc,
+            &dec,
+            None,
+            &DecodeOptions::new(ExitPolicy::Fixed(fixed.clone())),
+        )
+        .unwrap();
+    assert_eq!(to_u32_vec2(&out.exit_layers), to_u32_vec2(&fixed));
+    assert_eq!(
+        to_u32_vec2(&out.ids),
+        to_u32_vec2(&r["fixed_logits"].argmax(2).unwrap()),
+        "{refname} fixed (deferred off-ramps)"
+    );
     // Fixed exit, dense path (taken when off-ramp logits are requested).
     let opts = DecodeOptions::new(ExitPolicy::Fixed(fixed.clone()))
         .with_logits()
@@ -469,4 +485,86 @@ fn per_layer_offramps_equal_to_shared_reproduce_shared() {
     let model = ElmerModel::from_dir(dir.path(), &LoadOptions::default()).unwrap();
     assert_eq!(model.config().elmer_offramps, elmer::OffRampKind::PerLayer);
     check_all(&model, "cg", true);
+}
+
+/// With distinct per-layer off-ramps, the deferred off-ramps of a fixed schedule (no logits
+/// requested) give the ids of each token's own exit-layer off-ramp, as the per-layer path that
+/// returns logits does.
+#[test]
+fn fixed_exit_deferred_offramps_use_each_tokens_exit_layer() {
+    let (mut cfg, weights, _) =
+        elmer::checkpoint::load_dir(model_dir("cg"), &LoadOptions::default()).unwrap();
+    let mut map = weights.map().clone();
+    let shared = map["shared.weight"].clone();
+    for i in 0..cfg.decoder_layers {
+        // Layer-specific projections: the shared table plus noise of its own scale.
+        let noise = Tensor::randn(0f32, 0.5, shared.shape(), shared.device()).unwrap();
+        map.insert(format!("offramps.{i}.weight"), (&shared + noise).unwrap());
+        let b = Tensor::randn(0f32, 1.0, cfg.vocab_size, shared.device()).unwrap();
+        map.insert(format!("offramps.{i}.bias"), b);
+    }
+    cfg.elmer_offramps = elmer::OffRampKind::PerLayer;
+    let dir = tempfile::tempdir().unwrap();
+    elmer::checkpoint::save_dir(dir.path(), &cfg, &map).unwrap();
+    let model = ElmerModel::from_dir(dir.path(), &LoadOptions::default()).unwrap();
+    let r = reference("cg");
+    let enc = model
+        .encode(&ids(&r["input_ids"]), Some(&ids(&r["attention_mask"])))
+        .unwrap();
+    let dec = ids(&r["decoder_input_ids"]);
+    let fixed = ids(&r["fixed_exit"]);
+    let with_logits = model
+        .decode(
+            &enc,
+            &dec,
+            None,
+            &DecodeOptions::new(ExitPolicy::Fixed(fixed.clone())).with_logits(),
+        )
+        .unwrap();
+    let deferred = model
+        .decode(
+            &enc,
+            &dec,
+            None,
+            &DecodeOptions::new(ExitPolicy::Fixed(fixed.clone())),
+        )
+        .unwrap();
+    assert_eq!(to_u32_vec2(&deferred.ids), to_u32_vec2(&with_logits.ids));
+    assert_eq!(
+        to_u32_vec2(&deferred.ids),
+        to_u32_vec2(&with_logits.logits.unwrap().argmax(2).unwrap())
+    );
+    // Directly: each token's exit-layer state through its own layer's off-ramp, and (to show
+    // the test can tell) through the last layer's off-ramp for every token.
+    let states = model
+        .fixed_exit_hidden(&enc, &dec, None, &fixed, Mode::Eval)
+        .unwrap();
+    let exits = to_u32_vec2(&fixed);
+    let ramps = model.decoder().offramps();
+    let (b, t) = (exits.len(), exits[0].len());
+    let mut want = vec![vec![0u32; t]; b];
+    let mut one_ramp = vec![vec![0u32; t]; b];
+    for bi in 0..b {
+        for ti in 0..t {
+            let h = states.narrow(0, bi, 1).unwrap().narrow(1, ti, 1).unwrap();
+            let id = |layer: usize| {
+                ramps
+                    .logits(layer, &h)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .argmax(0)
+                    .unwrap()
+                    .to_scalar::<u32>()
+                    .unwrap()
+            };
+            want[bi][ti] = id(exits[bi][ti] as usize);
+            one_ramp[bi][ti] = id(model.num_decoder_layers());
+        }
+    }
+    assert_eq!(to_u32_vec2(&deferred.ids), want);
+    assert_ne!(
+        want, one_ramp,
+        "per-layer off-ramps too similar for this test"
+    );
 }

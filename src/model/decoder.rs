@@ -639,6 +639,14 @@ impl Decoder {
                     };
                     (exiting, lg, ids_k)
                 }
+                ExitRule::Schedule(s) if logits_out.is_none() => {
+                    // Ids are read off after the last layer (below): an exited token's row of
+                    // `h` keeps its exit-layer state, and nothing above reads its id.
+                    let exiting: Vec<usize> = (0..n_active)
+                        .filter(|&k| last || s[dst[k] as usize] as usize == layer)
+                        .collect();
+                    (exiting, None, Vec::new())
+                }
                 ExitRule::Schedule(s) => {
                     let exiting: Vec<usize> = (0..n_active)
                         .filter(|&k| last || s[dst[k] as usize] as usize == layer)
@@ -670,7 +678,9 @@ impl Decoder {
             let mut gone = vec![false; b * t];
             for (j, &k) in exiting.iter().enumerate() {
                 let flat = dst[k] as usize;
-                ids[flat] = row_ids[j];
+                if let Some(&id) = row_ids.get(j) {
+                    ids[flat] = id;
+                }
                 exits[flat] = layer as u32;
                 gone[flat] = true;
             }
@@ -685,6 +695,35 @@ impl Decoder {
             }
             for (bi, row) in active.iter_mut().enumerate() {
                 row.retain(|&p| !gone[bi * t + p as usize]);
+            }
+        }
+        if matches!(rule, ExitRule::Schedule(_)) && logits_out.is_none() {
+            // Deferred off-ramps of a fixed schedule: one vocabulary pass over every token's
+            // exit-layer state (shared off-ramp), or one per exit layer (per-layer off-ramps),
+            // instead of one pass per layer that has exiting tokens.
+            let h_flat = h.reshape((b * t, d))?;
+            match self.offramps.kind() {
+                OffRampKind::Shared => {
+                    let (am, _) = offramp_decisions(&self.offramps, n, &h_flat, false)?;
+                    ids = am.to_vec1()?;
+                }
+                OffRampKind::PerLayer => {
+                    for layer in 1..=n {
+                        let rows: Vec<u32> = (0..b * t)
+                            .filter(|&f| exits[f] as usize == layer)
+                            .map(|f| f as u32)
+                            .collect();
+                        if rows.is_empty() {
+                            continue;
+                        }
+                        let idx = Tensor::from_vec(rows.clone(), rows.len(), &dev)?;
+                        let sub = h_flat.index_select(&idx, 0)?;
+                        let (am, _) = offramp_decisions(&self.offramps, layer, &sub, false)?;
+                        for (&f, id) in rows.iter().zip(am.to_vec1::<u32>()?) {
+                            ids[f as usize] = id;
+                        }
+                    }
+                }
             }
         }
         Ok(DecoderOutput {
