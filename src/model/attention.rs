@@ -82,31 +82,19 @@ impl Attention {
         mode: Mode,
     ) -> candle_core::Result<Tensor> {
         let (b, tq, d) = x_q.dims3()?;
-        let q = self.q_proj.forward(x_q)?;
-        let probs = if mode.is_train() {
-            let q = self.split_heads(&(q * self.scaling)?)?;
-            let scores = q.matmul(&kv.k.t()?)?;
+        let q = self.split_heads(&self.q_proj.forward(x_q)?)?;
+        // Scaling the scores rather than the queries (BART scales the queries): equal up to
+        // rounding, and it lets inference scale, mask and normalise in one in-place pass.
+        let scores = q.matmul(&kv.k.t()?)?;
+        let probs = if !mode.is_train() && fused::masked_softmax_(&scores, self.scaling, mask)? {
+            scores
+        } else {
+            let scores = (scores * self.scaling)?;
             let scores = match mask {
                 Some(m) => scores.broadcast_add(m)?,
                 None => scores,
             };
-            let probs = softmax_last(&scores, mode)?;
-            dropout(&probs, self.dropout, mode)?
-        } else {
-            // Inference: scale, mask and softmax in one in-place pass when possible
-            // (scaling the scores instead of the queries: the same up to rounding).
-            let q = self.split_heads(&q)?;
-            let scores = q.matmul(&kv.k.t()?)?;
-            if fused::masked_softmax_(&scores, self.scaling, mask)? {
-                scores
-            } else {
-                let scores = (scores * self.scaling)?;
-                let scores = match mask {
-                    Some(m) => scores.broadcast_add(m)?,
-                    None => scores,
-                };
-                softmax_last(&scores, mode)?
-            }
+            dropout(&softmax_last(&scores, mode)?, self.dropout, mode)?
         };
         let ctx = probs.matmul(&kv.v)?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, tq, d))?;

@@ -16,7 +16,7 @@
 
 use candle_core::{CpuStorage, DType, InplaceOp1, InplaceOp2, Layout, Tensor};
 
-use super::kernels::{exp_nonpositive, f32_slice, par_rows};
+use super::kernels::{exp_nonpositive, f32_slice, has_avx2_fma, par_rows};
 use crate::config::Activation;
 
 fn f32_slice_mut<'a>(
@@ -84,7 +84,7 @@ unsafe fn bias_act_avx2(rows: &mut [f32], b: &[f32], act: FusedAct) {
 
 fn bias_act_rows(rows: &mut [f32], b: &[f32], act: FusedAct) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the CPU supports the enabled target features (checked just above).
         return unsafe { bias_act_avx2(rows, b, act) };
     }
@@ -205,7 +205,7 @@ unsafe fn softmax_avx2(rows: &mut [f32], tk: usize, scale: f32, mask: Option<&[f
 
 fn softmax_rows(rows: &mut [f32], tk: usize, scale: f32, mask: Option<&[f32]>) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the CPU supports the enabled target features (checked just above).
         return unsafe { softmax_avx2(rows, tk, scale, mask) };
     }
@@ -322,19 +322,6 @@ mod tests {
     use super::*;
     use candle_core::{Device, D};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     #[test]
     fn erf_is_accurate() {
         // Against a float64 series / continued fraction is overkill: the exact GELU of candle
@@ -346,7 +333,7 @@ mod tests {
         let zeros = Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();
         let got = got.reshape((xs.len(), 1)).unwrap();
         assert!(bias_act_(&got, &zeros, Some(Activation::Gelu)).unwrap());
-        let d = max_diff(&got.flatten_all().unwrap(), &want);
+        let d = crate::model::max_abs_diff(&got.flatten_all().unwrap(), &want);
         assert!(d < 1e-6, "gelu differs by {d}");
     }
 
@@ -364,7 +351,7 @@ mod tests {
                 Some(a) => a.apply(&z).unwrap(),
                 None => z,
             };
-            let d = max_diff(&got, &want);
+            let d = crate::model::max_abs_diff(&got, &want);
             assert!(d < 2e-6, "{act:?}: differs by {d}");
         }
         // Not applicable: silu, or a tensor tracking gradients.
@@ -400,7 +387,7 @@ mod tests {
                 None => z,
             };
             let want = candle_nn::ops::softmax(&z, D::Minus1).unwrap();
-            let d = max_diff(&got, &want);
+            let d = crate::model::max_abs_diff(&got, &want);
             assert!(d < 1e-6, "softmax differs by {d}");
         }
         // Masked keys get exactly zero weight.

@@ -101,19 +101,28 @@ unsafe fn axpy_rows_avx2(
     axpy_rows(x, rows, wt, d_in, d_out, i0, acc)
 }
 
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+/// Transposes a row-major `[rows, cols]` buffer (a copy only when both exceed 1).
+fn transpose_buf(v: Vec<f32>, rows: usize, cols: usize) -> Vec<f32> {
+    if rows == 1 || cols == 1 {
+        return v;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+    let mut t = vec![0f32; v.len()];
+    for (r, row) in v.chunks_exact(cols).enumerate() {
+        for (c, &x) in row.iter().enumerate() {
+            t[c * rows + r] = x;
+        }
     }
+    t
 }
 
-/// `x W^T` as output-major values `[out, rows]`, or `None` when the kernel does not apply.
-fn output_major(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<(Vec<f32>, usize, usize)>> {
+/// `x W^T` as `(values, rows, out)`: output-major `[out, rows]` when `out_major`, else
+/// `[rows, out]`; `None` when the kernel does not apply. Each weight layout produces one of the
+/// two orders natively; the other costs one transposition of the small result.
+fn product(
+    x: &Tensor,
+    w: &Tensor,
+    out_major: bool,
+) -> candle_core::Result<Option<(Vec<f32>, usize, usize)>> {
     let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op();
     if !cpu_f32(x) || !cpu_f32(w) || x.rank() != 2 || w.rank() != 2 {
         return Ok(None);
@@ -139,7 +148,7 @@ fn output_major(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<(Vec<f32>,
     let x_s = &xv[xl.start_offset()..xl.start_offset() + rows * d_in];
     let w_s = &wv[wl.start_offset()..wl.start_offset() + d_out * d_in];
     let threads = rayon::current_num_threads().max(1);
-    let avx2 = has_avx2();
+    let avx2 = super::kernels::has_avx2_fma();
     if transposed {
         // `Wt [in, out]`: split the input rows (contiguous memory, streamed in order) over
         // tasks, each accumulating all outputs; then add the partial sums.
@@ -151,7 +160,7 @@ fn output_major(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<(Vec<f32>,
                 let mut acc = vec![0f32; rows * d_out];
                 #[cfg(target_arch = "x86_64")]
                 if avx2 {
-                    // SAFETY: the CPU supports the enabled target features (has_avx2).
+                    // SAFETY: the CPU supports the enabled target features (has_avx2_fma).
                     unsafe { axpy_rows_avx2(x_s, rows, block, d_in, d_out, c * per, &mut acc) };
                     return acc;
                 }
@@ -163,19 +172,12 @@ fn output_major(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<(Vec<f32>,
         for p in &partials {
             y.iter_mut().zip(p).for_each(|(a, &b)| *a += b);
         }
-        // [rows, out] -> output-major [out, rows].
-        let y_t = if rows == 1 {
-            y
+        let y = if out_major {
+            transpose_buf(y, rows, d_out)
         } else {
-            let mut t = vec![0f32; rows * d_out];
-            for (r, row) in y.chunks_exact(d_out).enumerate() {
-                for (o, &v) in row.iter().enumerate() {
-                    t[o * rows + r] = v;
-                }
-            }
-            t
+            y
         };
-        return Ok(Some((y_t, rows, d_out)));
+        return Ok(Some((y, rows, d_out)));
     }
     // Row-major `W [out, in]`: about four tasks per thread over output ranges, a dot product
     // per output.
@@ -187,60 +189,38 @@ fn output_major(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<(Vec<f32>,
             let o0 = c * chunk;
             #[cfg(target_arch = "x86_64")]
             if avx2 {
-                // SAFETY: the CPU supports the enabled target features (has_avx2).
+                // SAFETY: the CPU supports the enabled target features (has_avx2_fma).
                 unsafe { dot_block_avx2(x_s, rows, w_s, d_in, o0, out) };
                 return;
             }
             let _ = avx2;
             dot_block(x_s, rows, w_s, d_in, o0, out)
         });
-    Ok(Some((y_t, rows, d_out)))
+    let y = if out_major {
+        y_t
+    } else {
+        transpose_buf(y_t, d_out, rows)
+    };
+    Ok(Some((y, rows, d_out)))
 }
 
 /// `x W^T` as a vocabulary-major (output-major) tensor `[out, rows]`, the layout the off-ramp
 /// argmax kernel reads; `None` when the kernel does not apply.
 pub fn matmul_t_output_major(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    output_major(x, w)?
+    product(x, w, true)?
         .map(|(y_t, rows, d_out)| Tensor::from_vec(y_t, (d_out, rows), &Device::Cpu))
         .transpose()
 }
 
-/// `y = x W^T (+ b)` for `x` `[rows, in]` with `rows <= MAX_ROWS` and `w` `[out, in]` stored
-/// row-major or as a transposed view of a contiguous `[in, out]` matrix. Returns `None` when
-/// the kernel does not apply (not CPU f32, more rows, another layout, or gradients tracked):
-/// the caller then uses candle's matmul.
-pub fn linear_few_rows(
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-) -> candle_core::Result<Option<Tensor>> {
-    let bias = match b {
-        Some(b) if b.dtype() != DType::F32 || b.track_op() || b.elem_count() != w.dim(0)? => {
-            return Ok(None)
-        }
-        Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
-        None => None,
-    };
-    let Some((y_t, rows, d_out)) = output_major(x, w)? else {
-        return Ok(None);
-    };
-    let mut y = if rows == 1 {
-        y_t
-    } else {
-        let mut y = vec![0f32; d_out * rows];
-        for (o, v) in y_t.chunks_exact(rows).enumerate() {
-            for (r, &val) in v.iter().enumerate() {
-                y[r * d_out + o] = val;
-            }
-        }
-        y
-    };
-    if let Some(bv) = bias {
-        for row in y.chunks_exact_mut(d_out) {
-            row.iter_mut().zip(&bv).for_each(|(v, &c)| *v += c);
-        }
-    }
-    Ok(Some(Tensor::from_vec(y, (rows, d_out), &Device::Cpu)?))
+/// `y = x W^T` `[rows, out]` for `x` `[rows, in]` with `rows <= MAX_ROWS` and `w` `[out, in]`
+/// stored row-major or as a transposed view of a contiguous `[in, out]` matrix (the bias and
+/// activation are [`super::fused::bias_act_`]'s job). Returns `None` when the kernel does not
+/// apply (not CPU f32, more rows, another layout, or gradients tracked): the caller then uses
+/// candle's matmul.
+pub fn linear_few_rows(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    product(x, w, false)?
+        .map(|(y, rows, d_out)| Tensor::from_vec(y, (rows, d_out), &Device::Cpu))
+        .transpose()
 }
 
 #[cfg(test)]
@@ -261,26 +241,24 @@ mod tests {
                 .unwrap();
             let wt = w.t().unwrap().contiguous().unwrap().t().unwrap();
             for w in [&w, &wt] {
-                let got = linear_few_rows(&x, w, Some(&b)).unwrap().unwrap();
-                let d = (got - &want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                // As `Linear` uses it: the product, then the fused in-place bias.
+                let got = linear_few_rows(&x, w).unwrap().unwrap();
+                assert!(crate::model::fused::bias_act_(&got, &b, None).unwrap());
+                let d = crate::model::max_abs_diff(&got, &want);
                 assert!(d < 1e-3, "[{rows},{d_in}]x[{d_out}]: {d}");
+                // Output-major, as the off-ramps read it.
+                let got_t = matmul_t_output_major(&x, w).unwrap().unwrap();
+                let want_t = want.broadcast_sub(&b).unwrap().t().unwrap();
+                let d = crate::model::max_abs_diff(&got_t, &want_t);
+                assert!(d < 1e-3, "output-major [{rows},{d_in}]x[{d_out}]: {d}");
             }
         }
         // Too many rows, or a tracked variable: not applicable.
         let x = Tensor::zeros((MAX_ROWS + 1, 8), DType::F32, &dev).unwrap();
         let w = Tensor::zeros((4, 8), DType::F32, &dev).unwrap();
-        assert!(linear_few_rows(&x, &w, None).unwrap().is_none());
+        assert!(linear_few_rows(&x, &w).unwrap().is_none());
         let v = candle_core::Var::zeros((4, 8), DType::F32, &dev).unwrap();
         let x1 = Tensor::zeros((1, 8), DType::F32, &dev).unwrap();
-        assert!(linear_few_rows(&x1, v.as_tensor(), None).unwrap().is_none());
+        assert!(linear_few_rows(&x1, v.as_tensor()).unwrap().is_none());
     }
 }

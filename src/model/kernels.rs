@@ -277,9 +277,23 @@ unsafe fn col_stats_avx2(x: &[f32], b: &[f32], cols: usize, v0: usize, entropy: 
     col_stats_body(x, b, cols, v0, entropy)
 }
 
+/// Whether the CPU has AVX2 and FMA, so the `#[target_feature(enable = "avx2,fma")]`
+/// instances of this module's and [`super::fused`]'s / [`super::gemv`]'s loops may run
+/// (checked once, then cached by std).
+pub(crate) fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 fn col_stats(x: &[f32], b: &[f32], cols: usize, v0: usize, entropy: bool) -> ColStats {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the CPU supports the enabled target features (checked just above).
         return unsafe { col_stats_avx2(x, b, cols, v0, entropy) };
     }
@@ -447,14 +461,7 @@ mod tests {
         let want_ids: Vec<u32> = z.argmax(D::Minus1).unwrap().to_vec1().unwrap();
         assert_eq!(ids.to_vec1::<u32>().unwrap(), want_ids);
         let want_ent = crate::model::offramp::entropy(&z).unwrap();
-        let d = (ent.unwrap() - want_ent)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = crate::model::max_abs_diff(&ent.unwrap(), &want_ent);
         assert!(d < 1e-4, "entropy differs by {d}");
         let (ids2, none) = argmax_entropy_cols(&xt, &b, false).unwrap().unwrap();
         assert!(none.is_none());
@@ -561,24 +568,8 @@ mod tests {
             .get(x.as_tensor())
             .unwrap()
             .clone();
-        let d1 = (nll - ref_nll)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let d2 = (g_fused - g_ref)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d1 = crate::model::max_abs_diff(&nll, &ref_nll);
+        let d2 = crate::model::max_abs_diff(&g_fused, &g_ref);
         assert!(d1 < 1e-5, "nll differs by {d1}");
         assert!(d2 < 1e-6, "gradient differs by {d2}");
     }

@@ -375,3 +375,14 @@ impl ElmerModel {
         self.decode(enc, &slot, None, &DecodeOptions::new(policy))
     }
 }
+
+/// Largest absolute elementwise difference of two same-shaped tensors (unit tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("tensors of the same shape")
+}

@@ -147,50 +147,37 @@ impl Linear {
     /// Applies the layer and then `act` to `[..., in]`, giving `[..., out]`; bias and
     /// activation are one fused in-place pass on CPU when nothing tracks gradients.
     pub fn forward_act(&self, xs: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
-        let dims = xs.dims();
-        let in_dim = dims[dims.len() - 1];
-        let rows = xs.elem_count() / in_dim.max(1);
-        let mut out_dims = dims.to_vec();
-        let last = out_dims.len() - 1;
-        out_dims[last] = self.weight.dim(0)?;
-        let x2 = xs.reshape((rows, in_dim))?;
-        let y = match super::gemv::linear_few_rows(&x2, &self.weight, None)? {
-            Some(y) => y,
-            None => x2.matmul(&self.weight.t()?)?,
-        };
-        if let Some(b) = &self.bias {
-            if super::fused::bias_act_(&y, b, Some(act))? {
-                return y.reshape(out_dims);
-            }
-        }
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        act.apply(&y)?.reshape(out_dims)
+        self.apply(xs, Some(act))
     }
 
     /// Applies the layer to `[..., in]`, giving `[..., out]`.
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.apply(xs, None)
+    }
+
+    /// `act(x W^T + b)`: the product from the few-row kernel or candle's matmul, then bias and
+    /// activation fused in place where possible, candle ops otherwise.
+    fn apply(&self, xs: &Tensor, act: Option<Activation>) -> candle_core::Result<Tensor> {
         let dims = xs.dims();
         let in_dim = dims[dims.len() - 1];
         let rows = xs.elem_count() / in_dim.max(1);
-        let x2 = xs.reshape((rows, in_dim))?;
-        if let Some(y) = super::gemv::linear_few_rows(&x2, &self.weight, self.bias.as_ref())? {
-            let mut out_dims = dims.to_vec();
-            let last = out_dims.len() - 1;
-            out_dims[last] = self.weight.dim(0)?;
-            return y.reshape(out_dims);
-        }
-        let y = x2.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) if super::fused::bias_act_(&y, b, None)? => y,
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
         let mut out_dims = dims.to_vec();
         let last = out_dims.len() - 1;
         out_dims[last] = self.weight.dim(0)?;
+        let x2 = xs.reshape((rows, in_dim))?;
+        let y = match super::gemv::linear_few_rows(&x2, &self.weight)? {
+            Some(y) => y,
+            None => x2.matmul(&self.weight.t()?)?,
+        };
+        let y = match &self.bias {
+            Some(b) if super::fused::bias_act_(&y, b, act)? => return y.reshape(out_dims),
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let y = match act {
+            Some(a) => a.apply(&y)?,
+            None => y,
+        };
         y.reshape(out_dims)
     }
 }
