@@ -91,10 +91,8 @@ fn setup() -> &'static Setup {
     })
 }
 
-/// BART-base shape (d 768, 6+6 layers, 12 heads, FFN 3072, vocab 50265, 1024 positions) with
-/// N(0, 0.02) weights from a seeded `StdRng`, zero biases, unit layer-norm gains, and a
-/// `concat_head` so soft exit works.
-fn base_model() -> ElmerModel {
+/// The canonical tensors of [`base_model`] (before the inference layout).
+fn base_weights() -> (ElmerConfig, HashMap<String, Tensor>) {
     let cfg = ElmerConfig::base();
     let mut rng = StdRng::seed_from_u64(SEED);
     let normal = Normal::new(0f32, 0.02).unwrap();
@@ -112,6 +110,14 @@ fn base_model() -> ElmerModel {
         let t = Tensor::from_vec(data, spec.shape, &Device::Cpu).unwrap();
         map.insert(spec.name, t);
     }
+    (cfg, map)
+}
+
+/// BART-base shape (d 768, 6+6 layers, 12 heads, FFN 3072, vocab 50265, 1024 positions) with
+/// N(0, 0.02) weights from a seeded `StdRng`, zero biases, unit layer-norm gains, and a
+/// `concat_head` so soft exit works.
+fn base_model() -> ElmerModel {
+    let (cfg, map) = base_weights();
     assert!(map.contains_key("concat_head.weight"));
     // The layout `ElmerModel::from_dir` gives loaded checkpoints.
     let weights = Weights::new(map).into_inference_layout().unwrap();
@@ -773,7 +779,7 @@ fn rss_mib() -> (f64, f64) {
 
 /// Batch-1 case ids measured for peak memory.
 fn memory_cases() -> Vec<String> {
-    let mut ids = Vec::new();
+    let mut ids = vec![LOAD_CASE.to_string()];
     for &src in &SOURCES {
         ids.push(format!("encoder/src{src}"));
         for &slot in &SLOTS {
@@ -785,9 +791,27 @@ fn memory_cases() -> Vec<String> {
     ids
 }
 
+/// Loading the base-size model from a `model.safetensors` checkpoint (written once by the
+/// parent into the target directory, 563 MB) with `ElmerModel::from_dir`.
+const LOAD_CASE: &str = "load/safetensors";
+
+fn load_case_dir() -> PathBuf {
+    target_dir().join("elmer-bench-base-checkpoint")
+}
+
 /// Child: build the model, run case `id` twice, print one JSON line with the resident set
 /// after building and the peak over the whole process.
 fn memory_child(id: &str) {
+    if id == LOAD_CASE {
+        let model = ElmerModel::from_dir(load_case_dir(), &elmer::LoadOptions::default()).unwrap();
+        let (peak, rss) = rss_mib();
+        black_box(model);
+        println!(
+            "{}",
+            serde_json::json!({"id": id, "after_build_mib": rss, "peak_mib": peak})
+        );
+        return;
+    }
     let s = setup();
     let (_, built) = rss_mib();
     let (group, name) = id.split_once('/').expect("case id group/name");
@@ -828,6 +852,10 @@ fn memory() {
     for id in memory_cases() {
         if filter.as_ref().is_some_and(|f| !id.contains(f.as_str())) {
             continue;
+        }
+        if id == LOAD_CASE && !load_case_dir().join("model.safetensors").is_file() {
+            let (cfg, map) = base_weights();
+            elmer::checkpoint::save_dir(load_case_dir(), &cfg, &map).unwrap();
         }
         let out = std::process::Command::new(&exe)
             .env("ELMER_BENCH_MEMORY_CHILD", &id)
