@@ -59,9 +59,10 @@ pub enum Error {
     #[error("model hub: {0}")]
     Hub(String),
 
-    /// Metric inputs of mismatched lengths or without references.
+    /// Metric inputs of mismatched lengths or without references (feature `metrics`).
+    #[cfg(feature = "metrics")]
     #[error(transparent)]
-    Metrics(#[from] crate::metrics::MetricsError),
+    Metrics(#[from] elmer_metrics::MetricsError),
 
     /// An error from the tensor library.
     #[error(transparent)]
@@ -74,6 +75,18 @@ impl Error {
         Error::InvalidArgument {
             name: name.into(),
             message: message.into(),
+        }
+    }
+
+    /// The same error reported against argument `name` (e.g. a command-line flag) when it is
+    /// an [`Error::InvalidArgument`]; other errors are returned unchanged.
+    pub fn for_argument(self, name: impl Into<String>) -> Self {
+        match self {
+            Error::InvalidArgument { message, .. } => Error::InvalidArgument {
+                name: name.into(),
+                message,
+            },
+            other => other,
         }
     }
 

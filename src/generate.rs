@@ -190,13 +190,7 @@ impl<'a> Generator<'a> {
                     "soft exit needs a `concat_head.weight` in the checkpoint".into(),
                 ))
             }
-            ExitPolicy::Hard { threshold } if !threshold.is_finite() || *threshold < 0.0 => {
-                return Err(Error::invalid_arg(
-                    "policy",
-                    format!("hard-exit entropy threshold must be finite and >= 0, got {threshold}"),
-                ))
-            }
-            _ => {}
+            _ => config.policy.validate()?,
         }
         Ok(Self {
             stats: ExitStats::new(model.num_decoder_layers()),

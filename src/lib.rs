@@ -25,7 +25,8 @@ pub mod error;
 pub mod generate;
 #[cfg(feature = "hub")]
 pub mod hub;
-pub mod metrics;
+#[cfg(feature = "metrics")]
+pub use elmer_metrics as metrics;
 pub mod model;
 pub mod tokenizer;
 pub mod train;

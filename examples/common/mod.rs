@@ -135,19 +135,6 @@ pub struct Args {
     pub no_resume: bool,
 }
 
-pub fn parse_exit(s: &str) -> Result<ExitPolicy> {
-    match s {
-        "last" => Ok(ExitPolicy::LastLayer),
-        "soft" => Ok(ExitPolicy::Soft),
-        _ => match s.strip_prefix("hard:").map(str::parse::<f64>) {
-            Some(Ok(t)) if t.is_finite() && t >= 0.0 => Ok(ExitPolicy::Hard { threshold: t }),
-            _ => Err(Error::invalid_arg(
-                "--exit",
-                format!("{s:?} is not last, soft or hard:<threshold>"),
-            )),
-        },
-    }
-}
 
 /// The authors' post-processing before scoring: collapse repeated words, lowercase.
 pub fn postprocess(s: &str) -> String {
@@ -269,7 +256,7 @@ fn evaluate(task: &Task, args: &Args, model_dir: &Path, test: &[Example]) -> Res
         .max_source_len
         .unwrap_or(task.max_source_len)
         .min(model.max_source_len());
-    let mut policies = vec![(args.exit.clone(), parse_exit(&args.exit)?)];
+    let mut policies = vec![(args.exit.clone(), args.exit.parse::<ExitPolicy>().map_err(|e| e.for_argument("--exit"))?)];
     if args.sweep {
         if !matches!(policies[0].1, ExitPolicy::LastLayer) {
             policies.push(("last".into(), ExitPolicy::LastLayer));
@@ -466,7 +453,7 @@ fn generate_mode(task: &Task, args: &Args) -> Result<()> {
         &model,
         &tok,
         &sources,
-        parse_exit(&args.exit)?,
+        args.exit.parse::<ExitPolicy>().map_err(|e| e.for_argument("--exit"))?,
         args.max_len.unwrap_or(task.max_len),
         args.max_source_len.unwrap_or(task.max_source_len),
         args.gen_batch_size,

@@ -147,31 +147,6 @@ fn parse_device(s: &str) -> Result<Device, Error> {
     }
 }
 
-/// Parses `last`, `soft` or `hard:<threshold>`.
-fn parse_exit(s: &str) -> Result<ExitPolicy, Error> {
-    match s {
-        "last" => Ok(ExitPolicy::LastLayer),
-        "soft" => Ok(ExitPolicy::Soft),
-        _ => {
-            let t = s.strip_prefix("hard:").ok_or_else(|| {
-                Error::invalid_arg(
-                    "--exit",
-                    format!("{s:?} is not last, soft or hard:<threshold>"),
-                )
-            })?;
-            let threshold: f64 = t.parse().map_err(|_| {
-                Error::invalid_arg("--exit", format!("threshold {t:?} is not a number"))
-            })?;
-            if !threshold.is_finite() || threshold < 0.0 {
-                return Err(Error::invalid_arg(
-                    "--exit",
-                    format!("threshold {threshold} must be finite and >= 0"),
-                ));
-            }
-            Ok(ExitPolicy::Hard { threshold })
-        }
-    }
-}
 
 /// Reads input lines as UTF-8, naming the line that is not.
 fn read_lines(input: Option<&Path>) -> Result<Vec<String>, Error> {
@@ -229,7 +204,7 @@ fn generate(
     input: Option<&Path>,
     collapse_repeats: bool,
 ) -> Result<(), Error> {
-    let policy = parse_exit(exit)?;
+    let policy = exit.parse::<ExitPolicy>().map_err(|e| e.for_argument("--exit"))?;
     let device = parse_device(device)?;
     let dir = elmer::checkpoint::resolve_model_dir(model)?;
     let model = ElmerModel::from_dir(&dir, &LoadOptions::on(device))?;

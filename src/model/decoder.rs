@@ -234,14 +234,7 @@ impl Decoder {
                 }
             }
             ExitPolicy::Hard { threshold } => {
-                if !threshold.is_finite() || *threshold < 0.0 {
-                    return Err(Error::invalid_arg(
-                        "threshold",
-                        format!(
-                            "hard-exit entropy threshold must be finite and >= 0, got {threshold}"
-                        ),
-                    ));
-                }
+                opts.policy.validate()?;
                 if mode.is_train() {
                     return Err(Error::Unsupported(
                         "hard exit in training mode; train hard exit with deep supervision \

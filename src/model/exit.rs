@@ -12,7 +12,11 @@
 //! read as key/value but never updated; its prediction is the off-ramp of `h^l`. Layers are
 //! counted from 1 as in the paper.
 
+use std::str::FromStr;
+
 use candle_core::Tensor;
+
+use crate::error::{Error, Result};
 
 /// How tokens leave the decoder.
 #[derive(Debug, Clone)]
@@ -40,6 +44,51 @@ impl ExitPolicy {
             ExitPolicy::Hard { threshold } => format!("hard:{threshold}"),
             ExitPolicy::Soft => "soft".into(),
         }
+    }
+
+    /// Checks the policy's own parameters: a hard-exit threshold must be finite and `>= 0`.
+    /// (Whether a model supports the policy, e.g. soft exit needs a `concat_head`, is checked
+    /// where the model is known.)
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            ExitPolicy::Hard { threshold } if !threshold.is_finite() || *threshold < 0.0 => {
+                Err(Error::invalid_arg(
+                    "policy",
+                    format!("hard-exit entropy threshold must be finite and >= 0, got {threshold}"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl FromStr for ExitPolicy {
+    type Err = Error;
+
+    /// Parses `last`, `soft` or `hard:<entropy threshold in nats>` (e.g. `hard:0.5`), the
+    /// names [`ExitPolicy::name`] prints. [`ExitPolicy::Fixed`] has no text form.
+    fn from_str(s: &str) -> Result<Self> {
+        let policy = match s.trim() {
+            "last" => ExitPolicy::LastLayer,
+            "soft" => ExitPolicy::Soft,
+            other => {
+                let t = other.strip_prefix("hard:").ok_or_else(|| {
+                    Error::invalid_arg(
+                        "policy",
+                        format!("{s:?} is not last, soft or hard:<threshold>"),
+                    )
+                })?;
+                let threshold: f64 = t.trim().parse().map_err(|_| {
+                    Error::invalid_arg(
+                        "policy",
+                        format!("hard-exit threshold {t:?} is not a number"),
+                    )
+                })?;
+                ExitPolicy::Hard { threshold }
+            }
+        };
+        policy.validate()?;
+        Ok(policy)
     }
 }
 

@@ -17,7 +17,6 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -172,8 +171,29 @@ pub struct Trainer {
     optimizer: AdamW,
     config: TrainConfig,
     state: TrainerState,
-    /// Print progress to stderr.
+    /// Emit progress as `tracing` events (target `elmer::train`): evaluations and the run's
+    /// summary at `INFO`, every `log_every`-th step at `DEBUG`. Nothing is printed unless the
+    /// program installs a `tracing` subscriber.
     pub verbose: bool,
+    progress: Option<Box<dyn FnMut(&StepProgress<'_>)>>,
+}
+
+/// What a [`Trainer`] reports to its [progress callback](Trainer::set_progress) after every
+/// optimizer step.
+#[derive(Debug)]
+pub struct StepProgress<'a> {
+    /// Steps done (1-based: this step's number).
+    pub step: usize,
+    /// Steps the run is configured for.
+    pub total_steps: usize,
+    /// Step this run started (or resumed) from.
+    pub resumed_from: usize,
+    /// The step's record (loss, learning rate, gradient norm, tokens/s, validation loss).
+    pub entry: &'a LogEntry,
+    /// Seconds spent training so far, over all resumed runs.
+    pub elapsed_secs: f64,
+    /// Estimated seconds to `total_steps` at this run's mean speed.
+    pub eta_secs: f64,
 }
 
 fn checkpoint_name(step: usize) -> String {
@@ -208,7 +228,13 @@ impl Trainer {
             model,
             config,
             verbose: true,
+            progress: None,
         })
+    }
+
+    /// Calls `f` after every optimizer step (e.g. to drive a progress bar).
+    pub fn set_progress(&mut self, f: impl FnMut(&StepProgress<'_>) + 'static) {
+        self.progress = Some(Box::new(f));
     }
 
     /// The parameters being trained.
@@ -451,7 +477,6 @@ impl Trainer {
                 true,
             );
         }
-        let tty = std::io::stderr().is_terminal();
         let mut tok_time = (0.0f64, 0.0f64);
         while self.state.step < stop {
             let mut entry = self.train_step(obj, &schedule)?;
@@ -462,12 +487,12 @@ impl Trainer {
             if (self.config.eval_every > 0 && step.is_multiple_of(self.config.eval_every)) || last {
                 entry.eval_loss = Some(self.evaluate(obj)?);
             }
+            let remaining = (self.config.steps - step) as f64 * self.state.elapsed_secs
+                / (step - resumed_from).max(1) as f64;
             let show = step.is_multiple_of(self.config.log_every.max(1))
                 || last
                 || entry.eval_loss.is_some();
             if show {
-                let remaining = (self.config.steps - step) as f64 * self.state.elapsed_secs
-                    / (step - resumed_from).max(1) as f64;
                 let eval = entry
                     .eval_loss
                     .map(|l| format!(" | eval {l:.4}"))
@@ -477,8 +502,18 @@ impl Trainer {
                         "step {step}/{} | loss {:.4} | lr {:.2e} | grad {:.2} | {:.0} tok/s | eta {:.0}s{eval}",
                         self.config.steps, entry.loss, entry.lr, entry.grad_norm, entry.tokens_per_sec, remaining
                     ),
-                    !tty || entry.eval_loss.is_some() || last,
+                    entry.eval_loss.is_some() || last,
                 );
+            }
+            if let Some(f) = self.progress.as_mut() {
+                f(&StepProgress {
+                    step,
+                    total_steps: self.config.steps,
+                    resumed_from,
+                    entry: &entry,
+                    elapsed_secs: self.state.elapsed_secs,
+                    eta_secs: remaining,
+                });
             }
             self.state.history.push(entry);
             if (self.config.save_every > 0 && step.is_multiple_of(self.config.save_every)) || last {
@@ -499,8 +534,9 @@ impl Trainer {
                 .rev()
                 .find_map(|e| e.eval_loss)
                 .unwrap_or(f64::NAN);
-            eprintln!(
-                "\ntrained {} steps in {:.1}s ({tps:.0} tok/s); eval loss {first:.4} -> {last:.4}; best {:?}",
+            tracing::info!(
+                target: "elmer::train",
+                "trained {} steps in {:.1}s ({tps:.0} tok/s); eval loss {first:.4} -> {last:.4}; best {:?}",
                 self.state.step, self.state.elapsed_secs, self.state.best_eval
             );
         }
@@ -511,16 +547,15 @@ impl Trainer {
         })
     }
 
-    fn log(&self, line: &str, newline: bool) {
+    /// A progress line: `INFO` when `important` (evaluations, the last step), else `DEBUG`.
+    fn log(&self, line: &str, important: bool) {
         if !self.verbose {
             return;
         }
-        let mut e = std::io::stderr().lock();
-        if newline {
-            let _ = writeln!(e, "\r{line}");
+        if important {
+            tracing::info!(target: "elmer::train", "{line}");
         } else {
-            let _ = write!(e, "\r{line}");
-            let _ = e.flush();
+            tracing::debug!(target: "elmer::train", "{line}");
         }
     }
 }

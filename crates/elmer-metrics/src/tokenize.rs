@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
-use super::porter;
+use crate::porter;
 
 /// `true` for exactly the characters for which Python 3's `str.isspace()` is true.
 ///

@@ -11,9 +11,9 @@
 //! Scores are fractions in `[0, 1]`. Tokens are compared exactly (case-sensitive,
 //! punctuation is part of a token, unicode untouched).
 
-use super::rouge::check_lengths;
-use super::tokenize::{ngram_counts, python_split_whitespace, FxHashMap};
-use super::MetricsError;
+use crate::rouge::check_lengths;
+use crate::tokenize::{ngram_counts, python_split_whitespace, FxHashMap};
+use crate::MetricsError;
 
 /// Highest n-gram order of [`coco_bleu`].
 pub const COCO_BLEU_N: usize = 4;

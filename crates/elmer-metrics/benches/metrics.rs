@@ -7,7 +7,7 @@
 //! ```
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use elmer::metrics::{
+use elmer_metrics::{
     coco_bleu, coco_rouge_l_corpus, distinct_2, score_all_with, Meteor, RougeScorer,
 };
 

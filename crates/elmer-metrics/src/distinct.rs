@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 
-use super::tokenize::{python_split_whitespace, FxHasher};
+use crate::tokenize::{python_split_whitespace, FxHasher};
 
 /// Distinct-n in percent (0..=100) over the whole corpus of hypotheses.
 ///

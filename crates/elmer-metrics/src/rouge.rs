@@ -41,8 +41,8 @@
 //! Empty inputs: an empty (or token-less, e.g. `"!!"`, `"北京"`) hypothesis or
 //! reference gives P = R = F = 0 for every type.
 
-use super::tokenize::{lcs_length, ngram_counts, rouge_tokenize_into, split_on_space, FxHashMap};
-use super::MetricsError;
+use crate::tokenize::{lcs_length, ngram_counts, rouge_tokenize_into, split_on_space, FxHashMap};
+use crate::MetricsError;
 
 /// Precision, recall and F1 of one ROUGE type (`rouge_score.scoring.Score`, whose
 /// `fmeasure` field is called `f1` here).

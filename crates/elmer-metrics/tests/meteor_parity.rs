@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use elmer::metrics::meteor::{Meteor, MeteorParams};
+use elmer_metrics::meteor::{Meteor, MeteorParams};
 use serde_json::Value;
 
 /// Fixture directory, relative to `CARGO_MANIFEST_DIR`.
@@ -157,7 +157,7 @@ fn stemmer_matches_jar_snowball() {
     let obj = v.as_object().expect("stems");
     for (w, s) in obj {
         let s = s.as_str().expect("stem");
-        let ours = elmer::metrics::meteor::snowball_stem(w);
+        let ours = elmer_metrics::meteor::snowball_stem(w);
         if ours != s {
             bad.push(format!("{w}: ours {ours} jar {s}"));
         }

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use elmer::metrics as m;
+use elmer_metrics as m;
 
 /// Fixture folder, relative to `CARGO_MANIFEST_DIR`.
 const FIXTURE_DIR: &str = "tests/fixtures/metrics";

@@ -79,8 +79,8 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
-use super::meteor_norm::{java_lowercase, tokenize, Normalizer};
-use super::porter_meteor::stem;
+use crate::meteor_norm::{java_lowercase, tokenize, Normalizer};
+use crate::porter_meteor::stem;
 
 /// The Snowball English stemmer METEOR's stem module uses (input lower-cased).
 pub fn snowball_stem(word: &str) -> String {
@@ -542,10 +542,10 @@ impl Meteor {
         &self,
         hyps: &[&str],
         refs: &[Vec<&str>],
-    ) -> Result<f64, super::MetricsError> {
+    ) -> Result<f64, crate::MetricsError> {
         self.try_score_corpus(hyps, refs)
             .map(|(s, _)| s)
-            .map_err(|_| super::MetricsError::LengthMismatch {
+            .map_err(|_| crate::MetricsError::LengthMismatch {
                 hyps: hyps.len(),
                 refs: refs.len(),
             })
