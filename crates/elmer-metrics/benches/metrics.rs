@@ -3,7 +3,7 @@
 //! summaries and their perturbations), repeated to 10,000.
 //!
 //! ```text
-//! cargo bench --bench metrics
+//! cargo bench -p elmer-metrics --bench metrics
 //! ```
 
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -5,7 +5,7 @@
 //! There is no single reference package; this matches the common definition
 //! `len(set(ngrams)) / len(ngrams) * 100` over all hypotheses, with tokens from
 //! Python's `str.split()` ([`python_split_whitespace`]) and n-grams taken inside each
-//! hypothesis (never across two of them), as in `scripts/make_metric_fixtures.py`.
+//! hypothesis (never across two of them), as in `scripts/fixtures/make_metric_fixtures.py`.
 //! Tokens are compared exactly: case-sensitive, punctuation kept, unicode untouched.
 
 use std::collections::HashSet;

@@ -1,24 +1,30 @@
 //! Text-generation metrics with exact parity to the public Python scorers that
-//! ELMER-style papers report:
+//! ELMER-style papers report (crate `elmer-metrics`, re-exported by `elmer` as
+//! `elmer::metrics` behind its default `metrics` feature; no candle dependency).
 //!
-//! | metric | module | matches |
+//! | metric | item | matches |
 //! |---|---|---|
 //! | ROUGE-1/2/L/Lsum (P, R, F1) | [`rouge::RougeScorer`] | Google `rouge-score` 0.1.2 |
 //! | ROUGE-L (COCO, β = 1.2) | [`rouge::coco_rouge_l_corpus`] | `pycocoevalcap` 1.2 `Rouge` |
 //! | BLEU-1..4 (COCO) | [`bleu::coco_bleu`] | `pycocoevalcap` 1.2 `Bleu(4)` |
 //! | BLEU (NLTK) | [`bleu::nltk_corpus_bleu`] | `nltk.translate.bleu_score.corpus_bleu` |
+//! | METEOR 1.5 | [`meteor::Meteor`] | `pycocoevalcap` 1.2 `Meteor` (`meteor-1.5.jar`) |
 //! | Distinct-n | [`distinct::distinct_n`] | `len(set(ngrams))/len(ngrams)*100` |
 //! | Porter stemmer | [`porter::stem`] | `nltk.stem.porter.PorterStemmer()` |
 //!
-//! Parity is checked to 1e-6 on >1,000 real pairs by `tests/parity.rs` against
-//! fixtures made by `scripts/make_metric_fixtures.py`.
+//! Parity is checked to 1e-6 on >1,000 real pairs by `tests/metrics_parity.rs` against
+//! the fixtures in `tests/fixtures/metrics/`, made by the elmer repository's
+//! `scripts/fixtures/make_metric_fixtures.py`.
 //!
 //! METEOR ([`meteor::Meteor`]) reimplements METEOR 1.5 (English, `-norm`) as run by
 //! `pycocoevalcap`'s `meteor-1.5.jar`: exact and Snowball-stem matching always, synonym and
-//! paraphrase matching when pointed at the tables (not bundled). Checked against the jar on
-//! 500 real pairs by `tests/meteor_parity.rs` (fixtures from `scripts/make_meteor_fixtures.py`):
-//! identical with both tables, 0.23 METEOR points below the jar's corpus score without them,
-//! identical to the jar run with `-m "exact stem"`.
+//! paraphrase matching with the jar's tables, which are not bundled (LGPL / WordNet data):
+//! [`Meteor::from_jar`] reads them from the user's own `meteor-1.5.jar` (and the
+//! `data/paraphrase-en.gz` next to it, as pycocoevalcap installs them). Checked against the
+//! jar on 500 real pairs by `tests/meteor_parity.rs` (fixtures in `tests/fixtures/meteor/`,
+//! from `scripts/fixtures/make_meteor_fixtures.py`): identical (corpus and all 500 segments)
+//! with both tables, 0.23 METEOR points below the jar's corpus score without them, identical
+//! to the jar run with `-m "exact stem"`.
 //!
 //! ROUGE as `files2rouge` (ROUGE-1.5.5, the Perl script) computes it is **not** provided and
 //! cannot run here: our ROUGE numbers are `rouge-score`'s, which papers sometimes report
@@ -28,9 +34,56 @@
 //! and keeps only ASCII `[a-z0-9]` runs; COCO BLEU, NLTK BLEU and Distinct split on
 //! whitespace and are case-sensitive; COCO ROUGE-L splits on single spaces. None of
 //! them runs the PTB tokenizer that the COCO toolkit normally applies first.
+//!
+//! # Example
+//!
+//! ```
+//! use elmer_metrics::{coco_bleu, score_all, Meteor, RougeScorer};
+//!
+//! let hyps = ["the cat sat on the mat", "a dog barked"];
+//! let refs = [
+//!     vec!["the cat sat on the mat"],
+//!     vec!["the dog barked loudly", "a dog was barking"],
+//! ];
+//!
+//! // Everything at once: ROUGE (stemmed), COCO BLEU-1..4 and ROUGE-L, Distinct-1/2,
+//! // and METEOR without the synonym / paraphrase tables.
+//! let report = score_all(&hyps, &refs)?;
+//! assert_eq!(report.num_pairs, 2);
+//! println!(
+//!     "R-1 {:.2} R-2 {:.2} R-L {:.2} BLEU-4 {:.2} METEOR {:.2}",
+//!     100.0 * report.rouge1_f1,
+//!     100.0 * report.rouge2_f1,
+//!     100.0 * report.rouge_l_f1,
+//!     100.0 * report.bleu[3],
+//!     100.0 * report.meteor.unwrap_or(0.0),
+//! );
+//!
+//! // Or one metric at a time.
+//! let rouge = RougeScorer::new(true).score_multi(hyps[1], &refs[1])?;
+//! assert!(rouge.rouge1.f1 > 0.5);
+//! let bleu = coco_bleu(&hyps, &refs)?;
+//! assert!((bleu.per_pair[0][3] - 1.0).abs() < 1e-6); // identical pair
+//! let meteor = Meteor::default().score_segment(hyps[0], &refs[0]);
+//! assert!((meteor - 1.0).abs() < 1e-12);
+//! # Ok::<(), elmer_metrics::MetricsError>(())
+//! ```
+//!
+//! METEOR as pycocoevalcap reports it needs the jar's tables (see [`Meteor::with_jar`]):
+//!
+//! ```no_run
+//! use elmer_metrics::{score_all_with, Meteor};
+//!
+//! let meteor = Meteor::from_jar("/path/to/site-packages/pycocoevalcap/meteor/meteor-1.5.jar")?;
+//! let report = score_all_with(&["a hypothesis"], &[vec!["a reference"]], true, Some(&meteor))
+//!     .expect("one reference list per hypothesis");
+//! println!("METEOR {:.4}", report.meteor.unwrap());
+//! # Ok::<(), std::io::Error>(())
+//! ```
 
 pub mod bleu;
 pub mod distinct;
+mod jar;
 pub mod meteor;
 mod meteor_norm;
 pub mod porter;
@@ -44,6 +97,11 @@ pub use bleu::{coco_bleu, nltk_bleu_1_to_4, nltk_corpus_bleu, nltk_corpus_bleu_s
 pub use distinct::{distinct_1, distinct_2, distinct_n};
 pub use meteor::{Meteor, MeteorParams, MeteorStats};
 pub use rouge::{coco_rouge_l, coco_rouge_l_corpus, CocoRougeL, RougeScorer, RougeScores, Score};
+
+/// The README's examples, compiled and run by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// Errors of the corpus-level metric functions (bad input shapes only; no metric
 /// fails on the text itself).

@@ -13,8 +13,9 @@
 //! * **Matchers** (in this order; module index = weight index):
 //!   0. exact (always), 1. stem (always; Snowball English / Porter2, the
 //!   `org.tartarus.snowball.ext.englishStemmer` the jar uses), 2. synonym (WordNet
-//!   synsets + WordNet morphology, only when [`Meteor::with_synonym_dir`] is used),
-//!   3. paraphrase (phrase table, only when [`Meteor::with_paraphrase_table`] is used).
+//!   synsets + WordNet morphology, only with the synonym table: [`Meteor::with_jar`],
+//!   [`Meteor::with_jar_synonyms`] or [`Meteor::with_synonym_dir`]), 3. paraphrase
+//!   (phrase table, only with [`Meteor::with_jar`] or [`Meteor::with_paraphrase_table`]).
 //!   Like the jar, a stem/synonym match is only added for *different* surface words,
 //!   every module proposes all its candidate matches, and when hypothesis and
 //!   reference are token-identical only the exact module runs.
@@ -63,13 +64,21 @@
 //!
 //! # Tables
 //!
-//! Neither table is bundled. With pycocoevalcap installed:
-//! * synonyms: `unzip meteor-1.5.jar 'synonym/*'` and pass the `synonym` directory
-//!   (it must contain `english.synsets` and `english.exceptions`, the jar's WordNet 3.0
-//!   derived files: `word\nsynset ids...\n` pairs and `base\nforms...\n` pairs);
-//! * paraphrases: pass `pycocoevalcap/meteor/data/paraphrase-en.gz` (gzip or plain text;
-//!   records of three lines: probability, reference phrase, paraphrase). Loading the
-//!   English table (5.3 M pairs) takes about 4 s (release build) and ~400 MB of memory.
+//! Neither table is bundled (they are the jar's LGPL / WordNet data). With
+//! `pip install pycocoevalcap`:
+//! * simplest: [`Meteor::from_jar`]`("…/pycocoevalcap/meteor/meteor-1.5.jar")` reads both,
+//!   the synonyms from inside the jar and `data/paraphrase-en.gz` from next to it (see
+//!   [`Meteor::with_jar`] for the layout); the result equals the jar on the parity fixtures;
+//! * or, from extracted files: synonyms with [`Meteor::with_synonym_dir`] on the directory
+//!   of `unzip meteor-1.5.jar 'synonym/*'` (it must contain `english.synsets` and
+//!   `english.exceptions`, the jar's WordNet 3.0 derived files: `word\nsynset ids...\n`
+//!   pairs and `base\nforms...\n` pairs), paraphrases with
+//!   [`Meteor::with_paraphrase_table`] on `pycocoevalcap/meteor/data/paraphrase-en.gz`
+//!   (gzip or plain text; records of three lines: probability, reference phrase,
+//!   paraphrase).
+//!
+//! Loading the English paraphrase table (5.3 M pairs) takes about 4 s (release build) and
+//! ~400 MB of memory; the synonym table well under a second.
 //!
 //! Without tables the score is the jar's exact+stem METEOR with the full-configuration
 //! weights, which is systematically a little *lower* than the pycocoevalcap number.
@@ -79,8 +88,24 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
+use crate::jar::ZipArchive;
 use crate::meteor_norm::{java_lowercase, tokenize, Normalizer};
 use crate::porter_meteor::stem;
+
+/// File of WordNet 3.0 synsets in the directory given to [`Meteor::with_synonym_dir`].
+pub const SYNONYM_SYNSETS: &str = "english.synsets";
+/// File of WordNet morphological exceptions, next to [`SYNONYM_SYNSETS`].
+pub const SYNONYM_EXCEPTIONS: &str = "english.exceptions";
+/// Entry of the synonym synsets inside `meteor-1.5.jar`.
+pub const JAR_SYNSETS_ENTRY: &str = "synonym/english.synsets";
+/// Entry of the synonym exceptions inside `meteor-1.5.jar`.
+pub const JAR_EXCEPTIONS_ENTRY: &str = "synonym/english.exceptions";
+/// Where the jar looks for the English paraphrase table, relative to the directory that
+/// holds the jar (`Constants.getDefaultParaFileURL`); [`Meteor::with_jar`] also accepts
+/// an entry of this name inside the jar.
+pub const PARAPHRASE_EN: &str = "data/paraphrase-en.gz";
+/// Largest synonym entry accepted from a jar (the real ones are 3.7 MB and 89 kB).
+const MAX_SYNONYM_ENTRY: u64 = 256 << 20;
 
 /// The Snowball English stemmer METEOR's stem module uses (input lower-cased).
 pub fn snowball_stem(word: &str) -> String {
@@ -245,8 +270,20 @@ const MORPH_ADDR: [&str; 20] = [
 
 impl SynonymDictionary {
     fn load(dir: &Path) -> io::Result<Self> {
+        let read = |name: &str| {
+            let p = dir.join(name);
+            File::open(&p)
+                .and_then(read_lines)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+        };
+        let exc = read(SYNONYM_EXCEPTIONS)?;
+        let syn = read(SYNONYM_SYNSETS)?;
+        Self::from_lines(&exc, &syn)
+    }
+
+    /// Builds the dictionary from the lines of `english.exceptions` and `english.synsets`.
+    fn from_lines(exc: &[String], syn: &[String]) -> io::Result<Self> {
         let mut d = SynonymDictionary::default();
-        let exc = read_lines(&dir.join("english.exceptions"))?;
         for pair in exc.chunks(2) {
             let (base, forms) = (&pair[0], pair.get(1).map(String::as_str).unwrap_or(""));
             for form in forms.split_whitespace() {
@@ -256,7 +293,6 @@ impl SynonymDictionary {
                     .push(base.clone());
             }
         }
-        let syn = read_lines(&dir.join("english.synsets"))?;
         for pair in syn.chunks(2) {
             let ids = pair.get(1).map(String::as_str).unwrap_or("");
             let mut set = HashSet::new();
@@ -321,19 +357,32 @@ struct ParaphraseTable {
 
 impl ParaphraseTable {
     fn load(path: &Path) -> io::Result<Self> {
-        let f = File::open(path)?;
+        File::open(path)
+            .and_then(Self::from_reader)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    }
+
+    /// Reads the table from `r`: gzip (detected by its magic bytes) or plain text.
+    fn from_reader(mut r: impl Read) -> io::Result<Self> {
         let mut magic = [0u8; 2];
-        let gz = {
-            let mut g = File::open(path)?;
-            g.read(&mut magic)? == 2 && magic == [0x1f, 0x8b]
-        };
-        let reader: Box<dyn BufRead> = if gz {
+        let mut got = 0;
+        while got < 2 {
+            match r.read(&mut magic[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let gz = got == 2 && magic == [0x1f, 0x8b];
+        let r = io::Cursor::new(magic).take(got as u64).chain(r);
+        let reader: Box<dyn BufRead + '_> = if gz {
             Box::new(BufReader::with_capacity(
                 1 << 20,
-                flate2::read::MultiGzDecoder::new(BufReader::new(f)),
+                flate2::read::MultiGzDecoder::new(BufReader::new(r)),
             ))
         } else {
-            Box::new(BufReader::with_capacity(1 << 20, f))
+            Box::new(BufReader::with_capacity(1 << 20, r))
         };
         let mut t = ParaphraseTable {
             n_states: 1,
@@ -394,8 +443,42 @@ impl ParaphraseTable {
     }
 }
 
-fn read_lines(path: &Path) -> io::Result<Vec<String>> {
-    BufReader::new(File::open(path)?).lines().collect()
+fn read_lines(r: impl Read) -> io::Result<Vec<String>> {
+    BufReader::new(r).lines().collect()
+}
+
+/// Directory holding `jar` (`File.getParent`, `.` for a bare file name).
+fn jar_dir(jar: &Path) -> &Path {
+    match jar.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Prefixes `e` with `jar: entry `name`` unless it already names the jar.
+fn in_entry(jar: &Path, name: &str, e: io::Error) -> io::Error {
+    let p = jar.display().to_string();
+    if e.to_string().starts_with(&p) {
+        e
+    } else {
+        io::Error::new(e.kind(), format!("{p}: entry `{name}`: {e}"))
+    }
+}
+
+fn synonyms_from_jar(z: &mut ZipArchive) -> io::Result<SynonymDictionary> {
+    let jar = z.path().to_path_buf();
+    let mut read = |name: &str| -> io::Result<Vec<String>> {
+        match z.entry(name, MAX_SYNONYM_ENTRY)? {
+            Some(r) => read_lines(r).map_err(|e| in_entry(&jar, name, e)),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: not a METEOR 1.5 jar: no entry `{name}`", jar.display()),
+            )),
+        }
+    };
+    let exc = read(JAR_EXCEPTIONS_ENTRY)?;
+    let syn = read(JAR_SYNSETS_ENTRY)?;
+    SynonymDictionary::from_lines(&exc, &syn).map_err(|e| in_entry(&jar, JAR_SYNSETS_ENTRY, e))
 }
 
 /// One candidate match: `len` reference words at `start` aligned to `match_len`
@@ -497,6 +580,103 @@ impl Meteor {
     pub fn with_paraphrase_table(mut self, path: impl AsRef<Path>) -> io::Result<Self> {
         self.paraphrase = Some(ParaphraseTable::load(path.as_ref())?);
         Ok(self)
+    }
+
+    /// The jar's full English configuration: `Meteor::default().with_jar(jar)`.
+    pub fn from_jar(jar: impl AsRef<Path>) -> io::Result<Self> {
+        Meteor::default().with_jar(jar)
+    }
+
+    /// Enable the synonym and paraphrase modules with the tables of a METEOR 1.5
+    /// distribution, read in place (nothing is extracted or bundled), so that the score
+    /// is the jar's `-l en -norm` score with all four modules.
+    ///
+    /// What is read, and from where (as `meteor-1.5.jar` itself finds them):
+    ///
+    /// ```text
+    /// meteor-1.5.jar                      a zip archive
+    /// ├── synonym/english.synsets         WordNet synsets    (JAR_SYNSETS_ENTRY)
+    /// ├── synonym/english.exceptions      WordNet exceptions (JAR_EXCEPTIONS_ENTRY)
+    /// └── (function/, nonbreaking/, stem/, edu/cmu/meteor/*.class: not needed,
+    ///      the English function words and prefixes are built in)
+    /// data/paraphrase-en.gz               next to the jar    (PARAPHRASE_EN)
+    /// ```
+    ///
+    /// The paraphrase table is **not** inside the jar: the jar opens
+    /// `<directory of the jar>/data/paraphrase-en.gz`, which is where pycocoevalcap
+    /// installs it (`pycocoevalcap/meteor/{meteor-1.5.jar, data/paraphrase-en.gz}`).
+    /// A `data/paraphrase-en.gz` entry inside the jar (a repackaged jar) is used first
+    /// when present. Use [`Meteor::with_jar_synonyms`] for a jar without its `data/`.
+    ///
+    /// Loading takes about 4 s and ~400 MB (release build), nearly all of it the
+    /// paraphrase table; build one scorer and share it.
+    ///
+    /// # Errors
+    ///
+    /// An [`io::Error`] whose message starts with the path at fault: the jar cannot be
+    /// opened (`NotFound`, ...), is not a (supported) zip or is corrupt (`InvalidData`),
+    /// has no `synonym/english.synsets` / `synonym/english.exceptions` entry, i.e. is not
+    /// a METEOR 1.5 jar (`InvalidData`, naming the entry), or no paraphrase table is
+    /// found (`NotFound`, naming both places looked at). A corrupt or hostile archive is
+    /// an error, never a panic: offsets are bounds-checked, sizes capped and CRC-32s
+    /// verified.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use elmer_metrics::Meteor;
+    ///
+    /// // pip install pycocoevalcap; the jar is in site-packages/pycocoevalcap/meteor/
+    /// let meteor = Meteor::from_jar("/path/to/pycocoevalcap/meteor/meteor-1.5.jar")?;
+    /// let corpus = meteor
+    ///     .score_corpus(&["the cat sat on the mat"], &[vec!["a cat was sitting on the mat"]])
+    ///     .expect("one reference list per hypothesis");
+    /// println!("METEOR {corpus:.4}");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn with_jar(mut self, jar: impl AsRef<Path>) -> io::Result<Self> {
+        let jar = jar.as_ref();
+        let mut z = ZipArchive::open(jar)?;
+        self.synonyms = Some(synonyms_from_jar(&mut z)?);
+        if let Some(r) = z.entry(PARAPHRASE_EN, u64::MAX)? {
+            let t = ParaphraseTable::from_reader(r).map_err(|e| in_entry(jar, PARAPHRASE_EN, e))?;
+            self.paraphrase = Some(t);
+            return Ok(self);
+        }
+        let beside = jar_dir(jar).join(PARAPHRASE_EN);
+        if !beside.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{}: no paraphrase table: neither an entry `{PARAPHRASE_EN}` in the jar \
+                     nor a file {} next to it (use with_jar_synonyms for synonyms only)",
+                    jar.display(),
+                    beside.display()
+                ),
+            ));
+        }
+        self.paraphrase = Some(ParaphraseTable::load(&beside)?);
+        Ok(self)
+    }
+
+    /// Enable only the synonym module, from the `synonym/english.synsets` and
+    /// `synonym/english.exceptions` entries of `meteor-1.5.jar` (the jar run with
+    /// `-m "exact stem synonym"`, but with the full-configuration weights).
+    /// Errors as [`Meteor::with_jar`].
+    pub fn with_jar_synonyms(mut self, jar: impl AsRef<Path>) -> io::Result<Self> {
+        let mut z = ZipArchive::open(jar.as_ref())?;
+        self.synonyms = Some(synonyms_from_jar(&mut z)?);
+        Ok(self)
+    }
+
+    /// Whether the synonym module is enabled.
+    pub fn has_synonyms(&self) -> bool {
+        self.synonyms.is_some()
+    }
+
+    /// Whether the paraphrase module is enabled.
+    pub fn has_paraphrases(&self) -> bool {
+        self.paraphrase.is_some()
     }
 
     /// The parameters in use.

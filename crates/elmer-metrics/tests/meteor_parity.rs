@@ -1,9 +1,17 @@
 //! Parity of the Rust METEOR with meteor-1.5.jar (through pycocoevalcap).
-//! Fixtures are produced by `scripts/make_meteor_fixtures.py` of the elmer repo.
+//! Fixtures (`tests/fixtures/meteor/`) are produced by the elmer repository's
+//! `scripts/fixtures/make_meteor_fixtures.py`.
 //!
-//! The table-backed comparison runs only when `METEOR_SYNONYM_DIR` (directory with the
-//! jar's `english.synsets` / `english.exceptions`) and/or `METEOR_PARAPHRASE`
-//! (`paraphrase-en.gz`) are set.
+//! The table-backed comparisons run only when their variables are set:
+//! * `METEOR_JAR=/path/to/meteor-1.5.jar`: both tables through [`Meteor::from_jar`]
+//!   (synonyms from inside the jar, `data/paraphrase-en.gz` next to it, which is how
+//!   pycocoevalcap installs them);
+//! * `METEOR_SYNONYM_DIR` (directory with the jar's `english.synsets` /
+//!   `english.exceptions`) and/or `METEOR_PARAPHRASE` (`paraphrase-en.gz`).
+//!
+//! With both tables the scores must equal the jar's to 1e-6 (corpus and every segment);
+//! with only one of them, the corpus must be within 0.01.
+//! Use `--release`: loading the paraphrase table takes ~4 s there, much longer in debug.
 
 use std::path::PathBuf;
 
@@ -76,7 +84,7 @@ fn summary(label: &str, ours: &[f64], jar: &[f64], kinds: &[String]) -> (f64, f6
     let max = diffs.iter().cloned().fold(0.0, f64::max);
     let exact = diffs.iter().filter(|&&d| d < 1e-9).count();
     eprintln!(
-        "{label}: segment |diff| mean {mean:.6} max {max:.6}; {exact}/{} identical",
+        "{label}: segment |diff| mean {mean:.3e} max {max:.3e}; {exact}/{} identical",
         diffs.len()
     );
     let mut worst: Vec<usize> = (0..diffs.len()).collect();
@@ -132,6 +140,7 @@ fn corpus_with_tables_matches_pycocoevalcap() {
         eprintln!("skipped: set METEOR_SYNONYM_DIR and/or METEOR_PARAPHRASE");
         return;
     }
+    let both = syn.is_some() && para.is_some();
     let mut m = Meteor::new(MeteorParams::default());
     if let Some(d) = syn {
         m = m.with_synonym_dir(d).expect("synonym dir");
@@ -139,15 +148,48 @@ fn corpus_with_tables_matches_pycocoevalcap() {
     if let Some(p) = para {
         m = m.with_paraphrase_table(p).expect("paraphrase table");
     }
+    check_full_tables("tables from dir/file", &m, both);
+}
+
+#[test]
+fn corpus_with_jar_tables_matches_pycocoevalcap() {
+    let Some(jar) = std::env::var_os("METEOR_JAR") else {
+        eprintln!("skipped: set METEOR_JAR=/path/to/meteor-1.5.jar");
+        return;
+    };
+    let t = std::time::Instant::now();
+    let m = Meteor::from_jar(&jar).unwrap_or_else(|e| panic!("METEOR_JAR: {e}"));
+    eprintln!(
+        "loaded {} in {:.1?}",
+        PathBuf::from(&jar).display(),
+        t.elapsed()
+    );
+    assert!(m.has_synonyms() && m.has_paraphrases());
+    check_full_tables("tables from METEOR_JAR", &m, true);
+}
+
+/// Compares `m` with the jar's all-module scores: to 1e-6 per segment and corpus when
+/// `all_tables`, else only the corpus within 0.01.
+fn check_full_tables(label: &str, m: &Meteor, all_tables: bool) {
     let c = cases();
-    let (corpus, segs) = run(&m, &c);
+    let (corpus, segs) = run(m, &c);
     let gap = (corpus - c.corpus_full).abs();
     eprintln!(
-        "with tables: corpus ours {corpus:.6} pycocoevalcap {:.6} gap {gap:.6}",
+        "{label}: corpus ours {corpus:.9} pycocoevalcap {:.9} gap {gap:.3e}",
         c.corpus_full
     );
-    summary("tables vs pycocoevalcap", &segs, &c.seg_full, &c.kinds);
-    assert!(gap < 0.01, "gap {gap}");
+    let (_, max) = summary(
+        &format!("{label} vs pycocoevalcap"),
+        &segs,
+        &c.seg_full,
+        &c.kinds,
+    );
+    if all_tables {
+        assert!(gap < 1e-6, "corpus gap {gap}");
+        assert!(max < 1e-6, "segment max |diff| {max}");
+    } else {
+        assert!(gap < 0.01, "gap {gap}");
+    }
 }
 
 #[test]

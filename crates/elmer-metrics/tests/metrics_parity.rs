@@ -1,8 +1,7 @@
-//! Parity of `metrics` with the Python reference scorers, on the fixtures written
-//! by `scripts/make_metric_fixtures.py` (rouge-score, pycocoevalcap, nltk).
+//! Parity of `elmer_metrics` with the Python reference scorers (rouge-score,
+//! pycocoevalcap, nltk), on the fixtures in `tests/fixtures/metrics/` written by the
+//! elmer repository's `scripts/fixtures/make_metric_fixtures.py`.
 //!
-//! Integration notes: change `FIXTURE_DIR` (relative to `CARGO_MANIFEST_DIR`) and
-//! the `use ... as m` line below; nothing else refers to the scratch crate.
 //! Run with `--nocapture` to see the max |Rust - Python| per metric.
 //! Set `PORTER_BIG_FIXTURE=/path/porter_big.json` (made with `--porter-big`) to
 //! also check the stemmer on a large vocabulary.
