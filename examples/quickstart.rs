@@ -16,10 +16,11 @@ const SENTENCES: &[&str] = &[
     "beyonce released her debut album , dangerously in love , in 2003 .",
 ];
 
+/// The small model that ships with the repository.
+const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/elmer-small-squadqg");
+
 fn main() -> elmer::Result<()> {
-    let dir = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| elmer::DEFAULT_MODEL_DIR.to_string());
+    let dir = std::env::args().nth(1).unwrap_or_else(|| MODEL.to_string());
     let model = ElmerModel::from_dir(&dir, &LoadOptions::default())?;
     let tok = BartTokenizer::from_dir(&dir)?;
     println!(

@@ -53,5 +53,6 @@ done | grep -E '^cu[A-Z]' | sort -u | awk '{print "void "$1"(void) {}"}' > "$LIN
 gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$LINK/libcuda.so" "$LINK/stub.c"
 ln -sf "$LINK/libcuda.so" "$LINK/run/libcuda.so.1"
 
-cargo build --release --features cuda,cli --tests --benches --bin elmer
+# Every workspace crate with `cuda` (the library and the `elmer` binary of crates/elmer-cli).
+cargo build --release --features cuda --tests --benches --bins
 echo "built into $CARGO_TARGET_DIR/release (stub driver for local runs: $LINK/run)"

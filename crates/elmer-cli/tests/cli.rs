@@ -1,6 +1,6 @@
-//! End-to-end tests of the `elmer` binary (built with `--features cli`).
-
-#![cfg(feature = "cli")]
+//! End-to-end tests of the `elmer` binary: every subcommand, run from the repository root
+//! on the committed fixtures (`tests/fixtures` of the repository) and on tiny files made in
+//! temporary directories.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 
 use candle_core::{Device, Tensor};
 use elmer::generate::{GenerationConfig, Generator};
-use elmer::metrics::{score_all, score_all_with};
+use elmer::metrics::{score_all, score_all_with, Meteor};
 use elmer::{BartTokenizer, ElmerModel, ExitPolicy, LoadOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -25,26 +25,38 @@ const LINES: [&str; 5] = [
     "a",
 ];
 
+/// The repository root (fixture paths above are relative to it).
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .canonicalize()
+        .unwrap()
 }
 
-/// Runs the binary from the crate root with `args`, feeding `stdin` (empty when `None`).
-fn elmer(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_elmer"))
-        .args(args)
-        .current_dir(root())
+/// Runs the binary in `cwd` with `args` and `env`, feeding `stdin` (empty when `None`);
+/// `RUST_LOG` is cleared unless `env` sets it.
+fn elmer_in(cwd: &Path, env: &[(&str, &str)], args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_elmer"));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run elmer");
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run elmer");
     {
         let mut i = child.stdin.take().unwrap();
         // The command may exit before reading stdin (errors): ignore a broken pipe.
         let _ = i.write_all(stdin.unwrap_or(b""));
     }
     child.wait_with_output().unwrap()
+}
+
+/// Runs the binary from the repository root with `args`, feeding `stdin`.
+fn elmer(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    elmer_in(&root(), &[], args, stdin)
 }
 
 fn stdout(o: &Output) -> String {
@@ -610,5 +622,568 @@ fn score_errors() {
     let help = stdout(&ok(elmer(&["score", "--help"], None)));
     for s in ["rouge-score", "pycocoevalcap", "METEOR 1.5", "files2rouge"] {
         assert!(help.contains(s), "{s}: {help}");
+    }
+}
+
+// ------------------------------------------------------------------ --help, defaults, logs
+
+const SUBCOMMANDS: [&str; 8] = [
+    "generate", "tokenize", "inspect", "score", "pretrain", "finetune", "eval", "export",
+];
+
+#[test]
+fn help_of_every_subcommand() {
+    let top = stdout(&ok(elmer(&["--help"], None)));
+    for sub in SUBCOMMANDS {
+        assert!(top.contains(&format!("  {sub} ")), "{sub}: {top}");
+        let help = stdout(&ok(elmer(&[sub, "--help"], None)));
+        assert!(
+            help.contains(&format!("Usage: elmer {sub}")),
+            "{sub}: {help}"
+        );
+        assert!(help.contains("--verbose"), "{sub}: {help}");
+    }
+    for (sub, flags) in [
+        (
+            "finetune",
+            &["--task", "--pretrained", "--steps", "--sweep", "--out"][..],
+        ),
+        (
+            "eval",
+            &["--task", "--model", "--exit", "--limit", "--sweep"][..],
+        ),
+        (
+            "pretrain",
+            &["--corpus", "--preset", "--init-from", "--k", "--out"][..],
+        ),
+        ("score", &["--meteor-jar", "--no-meteor"][..]),
+    ] {
+        let help = stdout(&ok(elmer(&[sub, "--help"], None)));
+        for f in flags {
+            assert!(help.contains(f), "{sub} {f}: {help}");
+        }
+    }
+    let help = stdout(&ok(elmer(&["eval", "--help"], None)));
+    assert!(help.contains("squad") && help.contains("xsum") && help.contains("personachat"));
+    assert_eq!(
+        elmer(&["eval", "--task", "bogus"], None).status.code(),
+        Some(2)
+    );
+    assert!(stdout(&ok(elmer(&["--version"], None))).starts_with("elmer "));
+}
+
+#[test]
+fn default_model_is_the_working_directory_copy_else_the_repository_copy() {
+    // From the repository root: the relative path.
+    let help = stdout(&ok(elmer(&["generate", "--help"], None)));
+    assert!(
+        help.contains("[default: models/elmer-small-squadqg]"),
+        "{help}"
+    );
+    // Elsewhere: the repository's copy, which generate then uses.
+    let tmp = tempfile::tempdir().unwrap();
+    let help = stdout(&ok(elmer_in(tmp.path(), &[], &["inspect", "--help"], None)));
+    let repo_copy = root().join("models/elmer-small-squadqg");
+    assert!(
+        help.contains(&format!("[default: {}]", repo_copy.display())),
+        "{help}"
+    );
+    let o = ok(elmer_in(
+        tmp.path(),
+        &[],
+        &["generate", "--max-len", "8"],
+        Some(b"oxygen is a chemical element .\n"),
+    ));
+    assert_eq!(stdout(&o).lines().count(), 1);
+    assert!(stderr(&o).contains("1 outputs"), "{}", stderr(&o));
+}
+
+#[test]
+fn logs_follow_verbose_and_rust_log() {
+    let args = ["generate", "--model", TINY];
+    let plain = ok(elmer(&args, Some(b"Hello world\n")));
+    assert!(!stderr(&plain).contains("debug:"), "{}", stderr(&plain));
+    let verbose = ok(elmer(
+        &["-v", "generate", "--model", TINY],
+        Some(b"Hello world\n"),
+    ));
+    let err = stderr(&verbose);
+    assert!(err.contains("debug: ") && err.contains("loaded"), "{err}");
+    assert!(err.contains("1 outputs"), "{err}");
+    // RUST_LOG replaces the default filter.
+    let quiet = ok(elmer_in(
+        &root(),
+        &[("RUST_LOG", "elmer=warn")],
+        &args,
+        Some(b"Hello world\n\n"),
+    ));
+    let err = stderr(&quiet);
+    assert!(!err.contains("outputs"), "{err}");
+    assert!(err.contains("warning: input line 2 is empty"), "{err}");
+    assert_eq!(stdout(&quiet), stdout(&plain) + "\n");
+}
+
+// ------------------------------------------------------------------ training subcommands
+
+/// A task directory in the ELMER line format: `{train,valid,test}.src/.tgt`.
+fn task_data(dir: &Path) {
+    let sources = [
+        "the eiffel tower was completed in 1889 .",
+        "oxygen is a chemical element with symbol o .",
+        "notre dame was founded in 1842 .",
+        "beyonce released her debut album in 2003 .",
+        "the thames flows through london .",
+        "water boils at 100 degrees .",
+    ];
+    let targets = [
+        "when was the eiffel tower completed ?",
+        "what is the symbol of oxygen ?",
+        "when was notre dame founded ?",
+        "when did beyonce release her debut album ?",
+        "which river flows through london ?",
+        "at what temperature does water boil ?",
+    ];
+    for (split, range) in [("train", 0..6), ("valid", 0..2), ("test", 3..6)] {
+        lines_file(dir, &format!("{split}.src"), &sources[range.clone()]);
+        lines_file(dir, &format!("{split}.tgt"), &targets[range]);
+    }
+}
+
+/// The table rows (`| name | ...`) of an eval report, by exit name.
+fn table_rows(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| exit"))
+        .map(|l| l.split('|').nth(1).unwrap().trim().to_string())
+        .collect()
+}
+
+#[test]
+fn finetune_then_eval_and_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    task_data(&data);
+    let d = data.display().to_string();
+    let run = tmp.path().join("run").display().to_string();
+    let gens = tmp.path().join("gen.txt").display().to_string();
+    let eval_args = ["--latency-samples", "1", "--gen-batch-size", "4"];
+    let mut args = vec![
+        "finetune",
+        "--task",
+        "squad",
+        "--pretrained",
+        TINY,
+        "--data",
+        &d,
+        "--out",
+        &run,
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "1",
+        "--output",
+        &gens,
+    ];
+    args.extend_from_slice(&eval_args);
+    let o = ok(elmer(&args, None));
+    let out = stdout(&o);
+    assert!(
+        out.contains("| exit | ROUGE-L | BLEU-4 | METEOR | ms/sample (batch 1) | mean exit layer | exit L1 | exit L2 |"),
+        "{out}"
+    );
+    assert_eq!(
+        table_rows(&out),
+        ["soft", "paper ELMER-Soft (base size, V100 GPU)"]
+    );
+    assert!(out.contains("40.22 | 13.49 | 20.08"), "{out}");
+    let err = stderr(&o);
+    assert!(
+        err.contains("squad-qg: 6 train / 2 valid / 3 test examples"),
+        "{err}"
+    );
+    assert!(err.contains("initialised concat_head"), "{err}");
+    assert_eq!(std::fs::read_to_string(&gens).unwrap().lines().count(), 3);
+    let best = Path::new(&run).join("best");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(best.join(f).is_file(), "{f}");
+    }
+    assert!(Path::new(&run).join("latest").is_file());
+    let best_s = best.display().to_string();
+
+    // eval of the checkpoint: the first policy, then the sweep.
+    let mut args = vec![
+        "eval", "--task", "squad", "--model", &best_s, "--data", &d, "--exit", "last", "--sweep",
+    ];
+    args.extend_from_slice(&eval_args);
+    let out = stdout(&ok(elmer(&args, None)));
+    assert!(
+        out.starts_with("squad-qg: 3 test examples, model "),
+        "{out}"
+    );
+    assert_eq!(
+        table_rows(&out),
+        [
+            "last",
+            "soft",
+            "hard:0",
+            "hard:0.25",
+            "hard:0.5",
+            "hard:0.75",
+            "hard:1",
+            "paper ELMER-Soft (base size, V100 GPU)"
+        ]
+    );
+    // A resumed run at its last step trains no more and evaluates again.
+    let mut args = vec![
+        "finetune",
+        "--task",
+        "squad",
+        "--pretrained",
+        TINY,
+        "--data",
+        &d,
+        "--out",
+        &run,
+        "--steps",
+        "2",
+    ];
+    args.extend_from_slice(&eval_args);
+    let o = ok(elmer(&args, None));
+    assert!(stderr(&o).contains("resumed from step 2"), "{}", stderr(&o));
+
+    // export: f16 weights with the tokenizer, loadable by inspect and generate.
+    let exported = tmp.path().join("exported").display().to_string();
+    let out = stdout(&ok(elmer(&["export", &best_s, &exported], None)));
+    assert!(
+        out.starts_with("exported ") && out.contains("MB f16"),
+        "{out}"
+    );
+    let v: Value = serde_json::from_str(&stdout(&ok(elmer(
+        &["inspect", "--model", &exported, "--json"],
+        None,
+    ))))
+    .unwrap();
+    assert_eq!(v["stored_dtype"], "F16");
+    assert_eq!(v["concat_head"], true);
+    let o = ok(elmer(
+        &["generate", "--model", &exported, "--exit", "soft"],
+        Some(b"Hello world\n"),
+    ));
+    assert_eq!(stdout(&o).lines().count(), 1);
+
+    // Errors stay one line.
+    let e = fails(elmer(
+        &[
+            "finetune",
+            "--task",
+            "squad",
+            "--pretrained",
+            TINY,
+            "--data",
+            &d,
+            "--exit",
+            "fast",
+        ],
+        None,
+    ));
+    assert!(e.contains("--exit"), "{e}");
+    let e = fails(elmer(
+        &["eval", "--task", "squad", "--data", "/nonexistent/squad"],
+        None,
+    ));
+    assert!(e.contains("/nonexistent/squad"), "{e}");
+}
+
+#[test]
+fn eval_reports_each_tasks_columns() {
+    let tmp = tempfile::tempdir().unwrap();
+    task_data(tmp.path());
+    let d = tmp.path().display().to_string();
+    for (task, columns) in [
+        ("xsum", "| exit | ROUGE-1 | ROUGE-2 | ROUGE-L | ms/sample"),
+        (
+            "personachat",
+            "| exit | BLEU-1 | BLEU-2 | Distinct-1 | Distinct-2 | ms/sample",
+        ),
+        ("squad", "| exit | ROUGE-L | BLEU-4 | METEOR | ms/sample"),
+    ] {
+        let out = stdout(&ok(elmer(
+            &[
+                "eval",
+                "--task",
+                task,
+                "--model",
+                TINY,
+                "--data",
+                &d,
+                "--exit",
+                "last",
+                "--latency-samples",
+                "1",
+                "--limit",
+                "2",
+            ],
+            None,
+        )));
+        assert!(out.contains(columns), "{task}: {out}");
+        assert!(out.contains(" 2 test examples"), "{task}: {out}");
+        assert_eq!(table_rows(&out)[0], "last", "{task}: {out}");
+    }
+}
+
+#[test]
+fn pretrain_two_steps_then_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = lines_file(
+        tmp.path(),
+        "corpus.txt",
+        &[
+            "the eiffel tower was completed in 1889 and was the tallest structure in the world .",
+            "oxygen is a chemical element with symbol o and atomic number 8 .",
+            "the university of notre dame was founded in 1842 by father edward sorin .",
+            "beyonce released her debut album , dangerously in love , in 2003 .",
+            "the thames flows through london and is 346 km long .",
+            "water boils at 100 degrees at sea level .",
+        ],
+    );
+    let out_dir = tmp.path().join("pre");
+    let out_s = out_dir.display().to_string();
+    let run = |steps: &str| {
+        elmer(
+            &[
+                "pretrain",
+                "--corpus",
+                &corpus,
+                "--out",
+                &out_s,
+                "--steps",
+                steps,
+                "--init-from",
+                TINY,
+                "--tokenizer",
+                TINY,
+                "--batch-size",
+                "2",
+                "--k",
+                "1",
+                "--max-len",
+                "16",
+                "--valid-docs",
+                "2",
+                "--warmup",
+                "1",
+                "--eval-every",
+                "1",
+                "--save-every",
+                "1",
+            ],
+            None,
+        )
+    };
+    let o = ok(run("2"));
+    let out = stdout(&o);
+    for s in [
+        "reconstruction accuracy per exit layer (held-out) before this run: L1=",
+        "reconstruction accuracy per exit layer (held-out) after this run:  L1=",
+        "training throughput: ",
+        "held-out LPLM loss: first ",
+        "(step 2)",
+    ] {
+        assert!(out.contains(s), "{s}: {out}");
+    }
+    assert!(
+        stderr(&o).contains("train / 2 held-out chunks of <= 16 tokens"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("latest")).unwrap(),
+        "checkpoint-0000002"
+    );
+    let history: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("history.json")).unwrap())
+            .unwrap();
+    assert_eq!(history.as_array().unwrap().len(), 2);
+    // best/ has the tokenizer: generate can use it as is.
+    let best = out_dir.join("best").display().to_string();
+    ok(elmer(
+        &["generate", "--model", &best],
+        Some(b"Hello world\n"),
+    ));
+    // One more step resumes from the checkpoint.
+    let o = ok(run("3"));
+    assert!(stderr(&o).contains("resumed from step 2"), "{}", stderr(&o));
+    assert!(stdout(&o).contains("(step 3)"), "{}", stdout(&o));
+    // Bad options are one-line errors.
+    let e = fails(elmer(
+        &[
+            "pretrain",
+            "--corpus",
+            &corpus,
+            "--out",
+            &out_s,
+            "--preset",
+            "huge",
+            "--no-resume",
+        ],
+        None,
+    ));
+    assert!(e.contains("--preset"), "{e}");
+}
+
+// ------------------------------------------------------------------ score --meteor-jar
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 == 1 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// A zip archive of stored (uncompressed) entries.
+fn zip_stored(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let (mut out, mut central) = (Vec::new(), Vec::new());
+    for (name, data) in entries {
+        let offset = out.len() as u32;
+        let (crc, size, n) = (crc32(data), data.len() as u32, name.len() as u16);
+        out.extend(0x0403_4b50u32.to_le_bytes());
+        out.extend([20, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // version, flags, method, time, date
+        out.extend(crc.to_le_bytes());
+        out.extend(size.to_le_bytes());
+        out.extend(size.to_le_bytes());
+        out.extend(n.to_le_bytes());
+        out.extend(0u16.to_le_bytes());
+        out.extend(name.as_bytes());
+        out.extend(*data);
+        central.extend(0x0201_4b50u32.to_le_bytes());
+        central.extend([20, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        central.extend(crc.to_le_bytes());
+        central.extend(size.to_le_bytes());
+        central.extend(size.to_le_bytes());
+        central.extend(n.to_le_bytes());
+        central.extend([0u8; 12]); // extra, comment, disk, attributes
+        central.extend(offset.to_le_bytes());
+        central.extend(name.as_bytes());
+    }
+    let cd_offset = out.len() as u32;
+    out.extend(&central);
+    out.extend(0x0605_4b50u32.to_le_bytes());
+    out.extend([0u8; 4]);
+    out.extend((entries.len() as u16).to_le_bytes());
+    out.extend((entries.len() as u16).to_le_bytes());
+    out.extend((central.len() as u32).to_le_bytes());
+    out.extend(cd_offset.to_le_bytes());
+    out.extend(0u16.to_le_bytes());
+    out
+}
+
+#[test]
+fn score_meteor_jar_uses_the_jars_tables() {
+    let tmp = tempfile::tempdir().unwrap();
+    // meteor-1.5.jar's table entries, with tiny tables (`word\nsynsets\n`, `base\nforms\n`,
+    // `probability\nphrase\nparaphrase\n`; a plain-text paraphrase table is accepted).
+    let jar = tmp.path().join("meteor-1.5.jar");
+    std::fs::write(
+        &jar,
+        zip_stored(&[
+            (
+                "synonym/english.synsets",
+                b"cat\n1\nfeline\n1\nmat\n2\nrug\n2\n",
+            ),
+            ("synonym/english.exceptions", b"mouse\nmice\n"),
+            (
+                "data/paraphrase-en.gz",
+                b"0.5\nsat on\nwas sitting on\n0.5\nwas sitting on\nsat on\n",
+            ),
+        ]),
+    )
+    .unwrap();
+    let hyp = lines_file(
+        tmp.path(),
+        "hyp.txt",
+        &["the feline was sitting on the rug", "a cat"],
+    );
+    let r = lines_file(tmp.path(), "ref.txt", &["the cat sat on the mat", "a cat"]);
+    let jar_s = jar.display().to_string();
+    let v: Value = serde_json::from_str(&stdout(&ok(elmer(
+        &[
+            "score",
+            "--hyp",
+            &hyp,
+            "--ref",
+            &r,
+            "--meteor-jar",
+            &jar_s,
+            "--json",
+        ],
+        None,
+    ))))
+    .unwrap();
+    let lib = Meteor::default().with_jar(&jar).unwrap();
+    let want = lib
+        .score_corpus(
+            &["the feline was sitting on the rug", "a cat"],
+            &[vec!["the cat sat on the mat"], vec!["a cat"]],
+        )
+        .unwrap();
+    assert!(close(&v["meteor"], want), "{v} vs {want}");
+    let plain: Value = serde_json::from_str(&stdout(&ok(elmer(
+        &["score", "--hyp", &hyp, "--ref", &r, "--json"],
+        None,
+    ))))
+    .unwrap();
+    assert!(
+        v["meteor"].as_f64().unwrap() > plain["meteor"].as_f64().unwrap(),
+        "{v} {plain}"
+    );
+    assert_eq!(
+        v["meteor_modules"],
+        serde_json::json!(["exact", "stem", "synonym", "paraphrase"])
+    );
+    let table = stdout(&ok(elmer(
+        &["score", "--hyp", &hyp, "--ref", &r, "--meteor-jar", &jar_s],
+        None,
+    )));
+    assert!(table.contains("exact+stem+synonym+paraphrase"), "{table}");
+
+    // Not a jar, no jar: one-line errors naming the file.
+    let bad = write(tmp.path(), "bad.jar", b"not a zip");
+    let e = fails(elmer(
+        &["score", "--hyp", &hyp, "--ref", &r, "--meteor-jar", &bad],
+        None,
+    ));
+    assert!(e.contains("--meteor-jar") && e.contains("bad.jar"), "{e}");
+    let e = fails(elmer(
+        &[
+            "score",
+            "--hyp",
+            &hyp,
+            "--ref",
+            &r,
+            "--meteor-jar",
+            "/nonexistent/meteor.jar",
+        ],
+        None,
+    ));
+    assert!(e.contains("/nonexistent/meteor.jar"), "{e}");
+    // The jar's tables replace --meteor-synonyms/--meteor-paraphrase; --no-meteor skips it.
+    for other in [
+        &["--meteor-synonyms", "x"][..],
+        &["--meteor-paraphrase", "x"][..],
+        &["--no-meteor"][..],
+    ] {
+        let mut args = vec!["score", "--hyp", &hyp, "--ref", &r, "--meteor-jar", &jar_s];
+        args.extend_from_slice(other);
+        assert_eq!(elmer(&args, None).status.code(), Some(2), "{other:?}");
     }
 }

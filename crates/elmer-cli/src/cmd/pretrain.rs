@@ -1,0 +1,223 @@
+//! `elmer pretrain`: LPLM pre-training (from scratch or from a checkpoint) on a text file.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use elmer::train::corruption::CorruptionConfig;
+use elmer::train::lplm::{
+    read_documents, split_documents, tokenize_documents, LplmConfig, LplmObjective,
+};
+use elmer::train::params::Params;
+use elmer::train::trainer::{TrainConfig, Trainer};
+use elmer::{BartTokenizer, ElmerConfig, Error, Result};
+
+use crate::{io, progress};
+
+/// Used when no --corpus is given (WikiText-2, never committed).
+const DEFAULT_CORPUS: &str = "../shared/data/corpus/wikitext-2-raw-test.txt";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Text corpus: one document per line, or blank-line separated paragraphs (default:
+    /// ../shared/data/corpus/wikitext-2-raw-test.txt when present).
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    /// Output directory (checkpoints, best/, history.json).
+    #[arg(long, default_value = "runs/pretrain")]
+    pub out: PathBuf,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 300)]
+    pub steps: usize,
+    /// Seed of every random draw.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Model size: tiny (d 64, 2+2), small (d 192, 3+3), base (d 768, 6+6).
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// Start from an existing BART/ELMER checkpoint directory instead of random weights.
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
+    /// Tokenizer directory. Default: assets/tokenizer/bart-base in the working directory
+    /// when it exists there, else the repository's copy (shown below).
+    #[arg(long, default_value_os_t = io::default_tokenizer_dir())]
+    pub tokenizer: PathBuf,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Micro-batches per step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Exit-layer assignments per sequence (paper: 10).
+    #[arg(long, default_value_t = 4)]
+    pub k: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Warm-up steps.
+    #[arg(long, default_value_t = 50)]
+    pub warmup: usize,
+    /// Chunk length in tokens (with <s> and </s>).
+    #[arg(long, default_value_t = 64)]
+    pub max_len: usize,
+    /// Held-out documents.
+    #[arg(long, default_value_t = 64)]
+    pub valid_docs: usize,
+    /// Validate every N steps.
+    #[arg(long, default_value_t = 50)]
+    pub eval_every: usize,
+    /// Checkpoint every N steps.
+    #[arg(long, default_value_t = 100)]
+    pub save_every: usize,
+    /// Poisson lambda of the masked spans.
+    #[arg(long, default_value_t = 3.0)]
+    pub lambda: f64,
+    /// Ignore an existing checkpoint in --out.
+    #[arg(long)]
+    pub no_resume: bool,
+}
+
+fn preset(name: &str) -> Result<ElmerConfig> {
+    let (d, layers, heads, ffn, pos) = match name {
+        "tiny" => (64, 2, 4, 256, 256),
+        "small" => (192, 3, 6, 768, 256),
+        "base" => (768, 6, 12, 3072, 1024),
+        other => {
+            return Err(Error::invalid_arg(
+                "--preset",
+                format!("{other:?} is not tiny, small or base"),
+            ))
+        }
+    };
+    Ok(ElmerConfig {
+        d_model: d,
+        encoder_layers: layers,
+        decoder_layers: layers,
+        encoder_attention_heads: heads,
+        decoder_attention_heads: heads,
+        encoder_ffn_dim: ffn,
+        decoder_ffn_dim: ffn,
+        max_position_embeddings: pos,
+        ..ElmerConfig::default()
+    })
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    let corpus = match &a.corpus {
+        Some(c) => c.clone(),
+        None if Path::new(DEFAULT_CORPUS).is_file() => PathBuf::from(DEFAULT_CORPUS),
+        None => {
+            return Err(Error::invalid_arg(
+                "--corpus",
+                format!("no corpus given and {DEFAULT_CORPUS} is absent"),
+            ))
+        }
+    };
+    let device = Device::Cpu;
+    let tok = BartTokenizer::from_dir(&a.tokenizer)?;
+    let texts = read_documents(&corpus)?;
+    let docs = tokenize_documents(&tok, &texts, a.max_len)?;
+    let (train, valid) = split_documents(docs, a.valid_docs, a.seed);
+    let mut params = match &a.init_from {
+        Some(dir) => Params::from_dir(dir, &device)?,
+        None => Params::init(preset(&a.preset)?, a.seed, true, &device)?,
+    };
+    params.ensure_concat_head(a.seed, 0.02)?;
+    let cfg = params.config().clone();
+    tracing::info!(
+        "corpus {}: {} documents -> {} train / {} held-out chunks of <= {} tokens; model d {} {}+{} layers, {:.2}M parameters",
+        corpus.display(),
+        texts.len(),
+        train.len(),
+        valid.len(),
+        a.max_len,
+        cfg.d_model,
+        cfg.encoder_layers,
+        cfg.decoder_layers,
+        params.num_parameters() as f64 / 1e6
+    );
+    let obj = LplmObjective::new(
+        train,
+        valid,
+        LplmConfig {
+            batch_size: a.batch_size,
+            k: a.k,
+            corruption: CorruptionConfig {
+                poisson_lambda: a.lambda,
+                ..CorruptionConfig::default()
+            },
+            eval_k: 2,
+            eval_batch_size: 16,
+        },
+        &cfg,
+        a.seed,
+        &device,
+    )?;
+    let tc = TrainConfig {
+        steps: a.steps,
+        lr: a.lr,
+        warmup_steps: a.warmup,
+        grad_accum: a.grad_accum,
+        seed: a.seed,
+        eval_every: a.eval_every,
+        save_every: a.save_every,
+        log_every: 10,
+        out_dir: a.out.clone(),
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(params, tc)?;
+    let resumed = if a.no_resume { 0 } else { trainer.resume()? };
+    if resumed > 0 {
+        tracing::info!("resumed from step {resumed}");
+    }
+    let before = obj.reconstruction_accuracy(trainer.model())?;
+    let bar = progress::train_bar(a.steps, "pre-training");
+    bar.set_position(resumed as u64);
+    let b = bar.clone();
+    trainer.set_progress(move |p| {
+        b.set_position(p.step as u64);
+        b.set_message(progress::train_message(p));
+    });
+    let summary = trainer.run(&obj)?;
+    bar.finish_and_clear();
+    let after = obj.reconstruction_accuracy(trainer.model())?;
+    let history_path = a.out.join("history.json");
+    let history = serde_json::to_string(&summary.state.history).unwrap_or_default();
+    std::fs::write(&history_path, history).map_err(|e| Error::io(&history_path, e))?;
+    let best = a.out.join("best");
+    if best.is_dir() {
+        // So that `generate --model <out>/best` finds its tokenizer.
+        io::copy_tokenizer(&a.tokenizer, &best)?;
+    }
+    let fmt = |v: &[f64]| {
+        v.iter()
+            .enumerate()
+            .map(|(i, x)| format!("L{}={:.1}%", i + 1, 100.0 * x))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let first = summary.state.initial_eval_loss.unwrap_or(f64::NAN);
+    let (last_step, last) = summary
+        .state
+        .history
+        .iter()
+        .rev()
+        .find_map(|e| e.eval_loss.map(|l| (e.step, l)))
+        .unwrap_or((0, f64::NAN));
+    let mut out = io::Stdout::lock();
+    out.line(format_args!(
+        "reconstruction accuracy per exit layer (held-out) before this run: {}",
+        fmt(&before)
+    ))?;
+    out.line(format_args!(
+        "reconstruction accuracy per exit layer (held-out) after this run:  {}",
+        fmt(&after)
+    ))?;
+    out.line(format_args!(
+        "training throughput: {:.0} tokens/s over {:.1}s",
+        summary.tokens_per_sec, summary.state.elapsed_secs
+    ))?;
+    out.line(format_args!(
+        "held-out LPLM loss: first {first:.4} (step 0), last {last:.4} (step {last_step})"
+    ))?;
+    out.flush()
+}

@@ -1,0 +1,203 @@
+//! What the subcommands share: the UTF-8 line reader, stdout writing, device parsing, the
+//! default model and tokenizer directories, tokenizer finding and model loading.
+
+use std::fmt::Display;
+use std::io::{BufRead, BufWriter, StdoutLock, Write};
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use elmer::{BartTokenizer, ElmerModel, Error, LoadOptions, Result};
+
+const MODEL_DIR: &str = "models/elmer-small-squadqg";
+const REPO_MODEL_DIR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../models/elmer-small-squadqg"
+);
+const TOKENIZER_DIR: &str = "assets/tokenizer/bart-base";
+const REPO_TOKENIZER_DIR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../assets/tokenizer/bart-base"
+);
+
+/// `rel` when it exists relative to the working directory, else the repository's copy.
+fn here_or_repo(rel: &str, repo: &str) -> PathBuf {
+    if Path::new(rel).exists() {
+        return PathBuf::from(rel);
+    }
+    let repo = Path::new(repo);
+    repo.canonicalize().unwrap_or_else(|_| repo.to_path_buf())
+}
+
+/// The model used without `--model`/`--pretrained`: `models/elmer-small-squadqg` in the
+/// working directory when it exists there, else the repository's copy of it.
+pub fn default_model_dir() -> String {
+    here_or_repo(MODEL_DIR, REPO_MODEL_DIR)
+        .display()
+        .to_string()
+}
+
+/// The BART tokenizer used when a checkpoint has none: `assets/tokenizer/bart-base` in the
+/// working directory when it exists there, else the repository's copy.
+pub fn default_tokenizer_dir() -> PathBuf {
+    here_or_repo(TOKENIZER_DIR, REPO_TOKENIZER_DIR)
+}
+
+/// Reads input lines (a file, or stdin when `None`) as UTF-8, naming the line that is not;
+/// a trailing `\r` is dropped.
+pub fn read_lines(input: Option<&Path>) -> Result<Vec<String>> {
+    let name = input.map_or("<stdin>".to_string(), |p| p.display().to_string());
+    let reader: Box<dyn BufRead> = match input {
+        Some(p) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(p).map_err(|e| Error::io(p, e))?,
+        )),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let mut lines = Vec::new();
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let mut bytes = line.map_err(|e| Error::io(&name, e))?;
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        let text = String::from_utf8(bytes).map_err(|_| Error::Parse {
+            path: name.clone().into(),
+            message: format!("line {} is not valid UTF-8", i + 1),
+        })?;
+        lines.push(text);
+    }
+    Ok(lines)
+}
+
+/// Buffered stdout; write errors name `<stdout>`.
+pub struct Stdout(BufWriter<StdoutLock<'static>>);
+
+impl Stdout {
+    pub fn lock() -> Self {
+        Stdout(BufWriter::new(std::io::stdout().lock()))
+    }
+
+    /// Writes `s` and a newline.
+    pub fn line(&mut self, s: impl Display) -> Result<()> {
+        writeln!(self.0, "{s}").map_err(|e| Error::io("<stdout>", e))
+    }
+
+    /// Writes `s` as is.
+    pub fn write(&mut self, s: &str) -> Result<()> {
+        self.0
+            .write_all(s.as_bytes())
+            .map_err(|e| Error::io("<stdout>", e))
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.0.flush().map_err(|e| Error::io("<stdout>", e))
+    }
+}
+
+/// `cpu`, `cuda` or `cuda:<ordinal>` (CUDA needs the `cuda` feature).
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::new_cuda(0)?),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => Ok(Device::new_cuda(i)?),
+            _ => Err(Error::invalid_arg(
+                "--device",
+                format!("{s:?} is not cpu, cuda or cuda:<ordinal>"),
+            )),
+        },
+    }
+}
+
+/// Whether `dir` holds BART tokenizer files (`tokenizer.json`, or `vocab.json` + `merges.txt`).
+pub fn has_tokenizer(dir: &Path) -> bool {
+    dir.join("tokenizer.json").is_file()
+        || (dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file())
+}
+
+/// What to do when a model directory has no tokenizer files and none was given.
+#[derive(Clone, Copy)]
+pub enum NoTokenizer {
+    /// Fail, asking for `--tokenizer` (generation: a wrong vocabulary gives garbage).
+    Fail,
+    /// Use the BART tokenizer of [`default_tokenizer_dir`] (training checkpoints of BART-
+    /// vocabulary models, which `pretrain` writes without tokenizer files).
+    Bart,
+}
+
+/// The tokenizer directory for `model_dir`: `explicit` when given, else `model_dir` when it
+/// holds tokenizer files, else as `missing` says.
+pub fn tokenizer_dir(
+    model_dir: &Path,
+    explicit: Option<&Path>,
+    missing: NoTokenizer,
+) -> Result<PathBuf> {
+    if let Some(d) = explicit {
+        return Ok(d.to_path_buf());
+    }
+    if has_tokenizer(model_dir) {
+        return Ok(model_dir.to_path_buf());
+    }
+    match missing {
+        NoTokenizer::Bart => {
+            let d = default_tokenizer_dir();
+            tracing::debug!(
+                "{} has no tokenizer files; using {}",
+                model_dir.display(),
+                d.display()
+            );
+            Ok(d)
+        }
+        NoTokenizer::Fail => Err(Error::Tokenizer {
+            path: Some(model_dir.to_path_buf()),
+            message: "the model directory has no tokenizer files; pass --tokenizer <DIR>".into(),
+        }),
+    }
+}
+
+/// The tokenizer of [`tokenizer_dir`].
+pub fn find_tokenizer(
+    model_dir: &Path,
+    explicit: Option<&Path>,
+    missing: NoTokenizer,
+) -> Result<BartTokenizer> {
+    BartTokenizer::from_dir(tokenizer_dir(model_dir, explicit, missing)?)
+}
+
+/// Copies the tokenizer files of `from` that exist into `to`.
+pub fn copy_tokenizer(from: &Path, to: &Path) -> Result<()> {
+    for f in ["tokenizer.json", "vocab.json", "merges.txt"] {
+        let src = from.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, to.join(f)).map_err(|e| Error::io(to.join(f), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Resolves `model` (a directory, or a model-hub id with the `hub` feature) and loads it.
+pub fn load_model(model: &str, opts: &LoadOptions) -> Result<(PathBuf, ElmerModel)> {
+    let dir = elmer::checkpoint::resolve_model_dir(model)?;
+    let m = load_dir(&dir, opts)?;
+    Ok((dir, m))
+}
+
+/// Loads the checkpoint directory `dir`.
+pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<ElmerModel> {
+    let m = ElmerModel::from_dir(dir, opts)?;
+    tracing::debug!(
+        "loaded {}: d_model {}, {} decoder layers",
+        dir.display(),
+        m.config().d_model,
+        m.num_decoder_layers()
+    );
+    Ok(m)
+}
+
+/// One line, whatever the error's message holds.
+pub fn one_line(e: &Error) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
