@@ -298,10 +298,21 @@ impl ElmerConfig {
 
     /// Writes `config.json` atomically (temporary file + rename).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        crate::util::write_atomic(path.as_ref(), self.to_json_string()?.as_bytes())
+        crate::fs::write_atomic(path.as_ref(), self.to_json_string()?.as_bytes())
     }
 
-    /// The `<mask>` id filling the NAR decoder slot.
+    /// The special-token ids of the config (`unk` is not part of a BART config: `None`).
+    pub fn special_tokens(&self) -> crate::SpecialTokens {
+        crate::SpecialTokens {
+            bos: self.bos_token_id,
+            pad: self.pad_token_id,
+            eos: self.eos_token_id,
+            unk: None,
+            mask: self.mask_token_id(),
+        }
+    }
+
+    /// The `<mask>` id filling the decoder slot: `elmer_mask_token_id`, else `vocab_size - 1`.
     pub fn mask_token_id(&self) -> u32 {
         self.elmer_mask_token_id
             .unwrap_or(self.vocab_size.saturating_sub(1) as u32)

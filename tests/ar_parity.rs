@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use common::*;
-use elmer::model::autoregressive::{generate_greedy, generate_greedy_with, GreedyOptions};
+use elmer::{generate_greedy, generate_greedy_with, GreedyOptions};
 use elmer::{ElmerModel, Error, LoadOptions};
 use serde_json::Value;
 

@@ -236,13 +236,13 @@ fn bad_model_inputs() {
     let enc = model.encode(&ok, None).unwrap();
     // Target length 0 and too long.
     let e = model
-        .generate_ids(&enc, 0, ExitPolicy::LastLayer)
+        .decode_slot(&enc, 0, ExitPolicy::LastLayer)
         .unwrap_err();
     assert!(
         matches!(e, Error::InvalidArgument { ref name, .. } if name == "target_len"),
         "{e:?}"
     );
-    assert!(model.generate_ids(&enc, 65, ExitPolicy::LastLayer).is_err());
+    assert!(model.decode_slot(&enc, 65, ExitPolicy::LastLayer).is_err());
     // Batch mismatch between encoder and decoder.
     let slot = model.slot_input(2, 4).unwrap();
     assert!(model
@@ -294,9 +294,9 @@ fn hard_exit_extremes() {
         .encode(&ids(&r["input_ids"]), Some(&ids(&r["attention_mask"])))
         .unwrap();
     // Threshold 0: nothing exits early, identical to the last layer.
-    let last = model.generate_ids(&enc, 8, ExitPolicy::LastLayer).unwrap();
+    let last = model.decode_slot(&enc, 8, ExitPolicy::LastLayer).unwrap();
     let h0 = model
-        .generate_ids(&enc, 8, ExitPolicy::Hard { threshold: 0.0 })
+        .decode_slot(&enc, 8, ExitPolicy::Hard { threshold: 0.0 })
         .unwrap();
     assert_eq!(to_u32_vec2(&last.ids), to_u32_vec2(&h0.ids));
     assert!(to_u32_vec2(&h0.exit_layers)
@@ -305,7 +305,7 @@ fn hard_exit_extremes() {
         .all(|&e| e == 3));
     // Huge threshold: everything exits at layer 1.
     let h = model
-        .generate_ids(&enc, 8, ExitPolicy::Hard { threshold: 1e9 })
+        .decode_slot(&enc, 8, ExitPolicy::Hard { threshold: 1e9 })
         .unwrap();
     assert!(to_u32_vec2(&h.exit_layers)
         .iter()
@@ -313,7 +313,7 @@ fn hard_exit_extremes() {
         .all(|&e| e == 1));
     let fixed1 = Tensor::ones((3, 8), candle_core::DType::U32, &Device::Cpu).unwrap();
     let f = model
-        .generate_ids(&enc, 8, ExitPolicy::Fixed(fixed1))
+        .decode_slot(&enc, 8, ExitPolicy::Fixed(fixed1))
         .unwrap();
     assert_eq!(to_u32_vec2(&h.ids), to_u32_vec2(&f.ids));
 }

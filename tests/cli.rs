@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use candle_core::{Device, Tensor};
-use elmer::generate::{GenerationConfig, Generator};
+use elmer::{GenerationConfig, Generator};
 use elmer::metrics::{score_all, score_all_with};
 use elmer::{BartTokenizer, ElmerModel, ExitPolicy, LoadOptions};
 use rand::rngs::StdRng;

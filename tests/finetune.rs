@@ -6,9 +6,9 @@ mod common;
 use candle_core::Device;
 use common::*;
 use elmer::data::Example;
-use elmer::train::finetune::{tokenize_pairs, FinetuneMode, FinetuneObjective, Pair};
-use elmer::train::params::Params;
-use elmer::train::trainer::{TrainConfig, Trainer};
+use elmer::train::{tokenize_pairs, FinetuneMode, FinetuneObjective, Pair};
+use elmer::train::Params;
+use elmer::train::{TrainConfig, Trainer};
 use elmer::BartTokenizer;
 use rand::{Rng, SeedableRng};
 

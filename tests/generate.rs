@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use elmer::generate::{
+use elmer::{
     collapse_repeated_words, ExitStats, Generation, GenerationConfig, Generator,
 };
-use elmer::model::nn::Weights;
+use elmer::checkpoint::Weights;
 use elmer::{BartTokenizer, DecodeOptions, ElmerModel, Error, ExitPolicy, LoadOptions};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -344,7 +344,7 @@ fn raw_ids(
                 .unsqueeze(0)
                 .unwrap();
             let enc = model.encode(&ids, None).unwrap();
-            let out = model.generate_ids(&enc, max_len, policy.clone()).unwrap();
+            let out = model.decode_slot(&enc, max_len, policy.clone()).unwrap();
             let ids: Vec<u32> = out.ids.squeeze(0).unwrap().to_vec1().unwrap();
             let ex: Vec<u32> = out.exit_layers.squeeze(0).unwrap().to_vec1().unwrap();
             (ids, ex)

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use elmer::tokenizer::BartTokenizer;
+use elmer::BartTokenizer;
 use serde::Deserialize;
 
 // Paths relative to CARGO_MANIFEST_DIR; adjust when moving these tests into the main crate.

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use elmer::checkpoint::is_body_name;
-use elmer::train::loss::{self, Batch};
-use elmer::train::params::Params;
+use elmer::train::{loss, Batch};
+use elmer::train::Params;
 use elmer::Mode;
 use rand::SeedableRng;
 

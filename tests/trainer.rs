@@ -5,9 +5,9 @@ mod common;
 
 use candle_core::Device;
 use common::*;
-use elmer::train::lplm::{Document, LplmConfig, LplmObjective};
-use elmer::train::params::Params;
-use elmer::train::trainer::{TrainConfig, Trainer};
+use elmer::train::{Document, LplmConfig, LplmObjective};
+use elmer::train::Params;
+use elmer::train::{TrainConfig, Trainer};
 use elmer::{DecodeOptions, ElmerModel, ExitPolicy, LoadOptions};
 use rand::{Rng, SeedableRng};
 

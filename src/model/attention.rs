@@ -10,8 +10,9 @@
 
 use candle_core::Tensor;
 
-use super::fused;
-use super::nn::{dropout, softmax_last, Linear, Mode, Weights};
+use crate::ops::fused;
+use crate::checkpoint::Weights;
+use crate::nn::{dropout, softmax_last, Linear, Mode};
 use crate::error::Result;
 
 /// Keys and values of one attention layer, `[batch, heads, len, head_dim]` each.

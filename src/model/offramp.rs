@@ -10,7 +10,8 @@
 
 use candle_core::{DType, Tensor, D};
 
-use super::nn::{Linear, Weights};
+use crate::checkpoint::Weights;
+use crate::nn::Linear;
 use crate::config::{ElmerConfig, OffRampKind};
 use crate::error::{Error, Result};
 
@@ -52,18 +53,23 @@ impl OffRamps {
         self.kind
     }
 
-    /// The projection `[vocab, d]` and bias `[vocab]` of the off-ramp after `layer` (1-based).
-    pub fn projection(&self, layer: usize) -> Result<(&Tensor, &Tensor)> {
+    /// The off-ramp after `layer` (1-based, 1..=L).
+    fn ramp(&self, layer: usize) -> Result<&Linear> {
         if layer == 0 || layer > self.num_layers {
             return Err(Error::invalid_arg(
                 "layer",
                 format!("off-ramp layer {layer} is outside 1..={}", self.num_layers),
             ));
         }
-        let ramp = match self.kind {
+        Ok(match self.kind {
             OffRampKind::Shared => &self.shared,
             OffRampKind::PerLayer => &self.per_layer[layer - 1],
-        };
+        })
+    }
+
+    /// The projection `[vocab, d]` and bias `[vocab]` of the off-ramp after `layer` (1-based).
+    pub fn projection(&self, layer: usize) -> Result<(&Tensor, &Tensor)> {
+        let ramp = self.ramp(layer)?;
         let bias = ramp
             .bias()
             .ok_or_else(|| Error::Unsupported("off-ramp without bias".into()))?;
@@ -72,17 +78,7 @@ impl OffRamps {
 
     /// Logits `[.., vocab]` of the off-ramp after layer `layer` (1-based, 1..=L) for `h` `[.., d]`.
     pub fn logits(&self, layer: usize, h: &Tensor) -> Result<Tensor> {
-        if layer == 0 || layer > self.num_layers {
-            return Err(Error::invalid_arg(
-                "layer",
-                format!("off-ramp layer {layer} is outside 1..={}", self.num_layers),
-            ));
-        }
-        let ramp = match self.kind {
-            OffRampKind::Shared => &self.shared,
-            OffRampKind::PerLayer => &self.per_layer[layer - 1],
-        };
-        Ok(ramp.forward(h)?)
+        Ok(self.ramp(layer)?.forward(h)?)
     }
 }
 
@@ -100,11 +96,11 @@ pub fn offramp_decisions(
         // `W h^T` `[vocab, rows]`: with the `[vocab, d]` table as the left operand candle's
         // gemm runs near its peak even for a few rows (`h W^T` packs the transposed table
         // on every call: 1.5-2x slower at 32-64 rows).
-        let raw_t = match super::gemv::matmul_t_output_major(h, w)? {
+        let raw_t = match crate::ops::gemv::matmul_t_output_major(h, w)? {
             Some(t) => t, // a few rows: streaming matrix-vector kernel
             None => w.matmul(&h.t()?)?,
         };
-        if let Some((ids, ent)) = super::kernels::argmax_entropy_cols(&raw_t, b, with_entropy)? {
+        if let Some((ids, ent)) = crate::ops::argmax_entropy::argmax_entropy_cols(&raw_t, b, with_entropy)? {
             return Ok((ids, ent));
         }
     }

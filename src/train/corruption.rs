@@ -62,6 +62,7 @@ use rand::Rng;
 use rand_distr::{Distribution, Geometric, Poisson};
 
 use crate::error::{Error, Result};
+use crate::SpecialTokens;
 
 /// Byte-level BPE marker of a leading space (`'Ġ'`, U+0120).
 const SPACE_MARKER: char = '\u{0120}';
@@ -146,36 +147,6 @@ impl CorruptionConfig {
     }
 }
 
-/// Ids of the special tokens a [`Corruptor`] needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpecialTokenIds {
-    /// Beginning of document, `<s>`.
-    pub bos: u32,
-    /// End of document, `</s>`.
-    pub eos: u32,
-    /// Padding, `<pad>`.
-    pub pad: u32,
-    /// Mask, `<mask>`.
-    pub mask: u32,
-    /// Further ids that must never be corrupted nor sampled as random tokens
-    /// (e.g. `<unk>`).
-    pub extra: Vec<u32>,
-}
-
-impl SpecialTokenIds {
-    /// The BART (fairseq/HF `facebook/bart-base`) ids: `<s>` = 0, `<pad>` = 1,
-    /// `</s>` = 2, `<mask>` = 50264, and `<unk>` = 3 as an extra special id.
-    pub fn bart() -> Self {
-        Self {
-            bos: 0,
-            eos: 2,
-            pad: 1,
-            mask: 50264,
-            extra: vec![3],
-        }
-    }
-}
-
 /// Output of [`Corruptor::corrupt`]. Token sequences are framed
 /// `[<s>, ..., </s>]`; positions and lengths are counted in tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,10 +180,10 @@ pub struct Corruptor {
     mask_id: u32,
     bos_id: u32,
     eos_id: u32,
-    pad_id: u32,
     vocab_size: usize,
     full_stop_ids: Vec<u32>,
-    /// Sorted, deduplicated: bos, eos, pad, mask and the extra special ids.
+    special: SpecialTokens,
+    /// Sorted, deduplicated: bos, eos, pad, mask and unk.
     special_ids: Vec<u32>,
     poisson: Poisson<f64>,
     /// Number of zero draws before a positive draw of `Poisson(lambda)`.
@@ -229,7 +200,7 @@ impl Corruptor {
     ///   ends a sentence after its last token.
     pub fn new(
         cfg: CorruptionConfig,
-        special: SpecialTokenIds,
+        special: SpecialTokens,
         vocab_size: usize,
         full_stop_ids: Vec<u32>,
     ) -> Result<Self> {
@@ -257,10 +228,7 @@ impl Corruptor {
         if special.bos == special.eos {
             return Err(invalid("eos", "must differ from bos"));
         }
-        let mut special_ids: Vec<u32> = named.iter().map(|&(_, id)| id).collect();
-        special_ids.extend(special.extra.iter().copied());
-        special_ids.sort_unstable();
-        special_ids.dedup();
+        let special_ids = special.ids();
         if special_ids.len() >= vocab_size {
             return Err(invalid(
                 "vocab_size",
@@ -280,19 +248,19 @@ impl Corruptor {
             mask_id: special.mask,
             bos_id: special.bos,
             eos_id: special.eos,
-            pad_id: special.pad,
             vocab_size,
             full_stop_ids,
             special_ids,
+            special,
             poisson,
             zeros,
         })
     }
 
-    /// A corruptor for the BART vocabulary: [`SpecialTokenIds::bart`],
+    /// A corruptor for the BART vocabulary: [`SpecialTokens::bart`],
     /// `vocab_size` 50265 and full stops `"."` (4) and `"Ġ."` (479).
     pub fn bart(cfg: CorruptionConfig) -> Result<Self> {
-        Self::new(cfg, SpecialTokenIds::bart(), 50265, vec![4, 479])
+        Self::new(cfg, SpecialTokens::bart(), 50265, vec![4, 479])
     }
 
     /// The configuration.
@@ -300,24 +268,9 @@ impl Corruptor {
         &self.cfg
     }
 
-    /// Id of `<mask>`.
-    pub fn mask_id(&self) -> u32 {
-        self.mask_id
-    }
-
-    /// Id of `<s>`.
-    pub fn bos_id(&self) -> u32 {
-        self.bos_id
-    }
-
-    /// Id of `</s>`.
-    pub fn eos_id(&self) -> u32 {
-        self.eos_id
-    }
-
-    /// Id of `<pad>`.
-    pub fn pad_id(&self) -> u32 {
-        self.pad_id
+    /// The special-token ids (never corrupted, never sampled).
+    pub fn special_tokens(&self) -> SpecialTokens {
+        self.special
     }
 
     /// Vocabulary size (ids are `0..vocab_size`).
@@ -737,12 +690,12 @@ mod tests {
 
     // Small vocabulary: 0 <s>, 1 <pad>, 2 </s>, 3 <unk>, 4 ".", 99 <mask>.
     fn corruptor(cfg: CorruptionConfig) -> Corruptor {
-        let special = SpecialTokenIds {
+        let special = SpecialTokens {
             bos: 0,
             eos: 2,
             pad: 1,
             mask: 99,
-            extra: vec![3],
+            unk: Some(3),
         };
         Corruptor::new(cfg, special, 100, vec![4]).expect("valid corruptor")
     }
@@ -812,18 +765,18 @@ mod tests {
     #[test]
     fn constructor_rejects_bad_ids() {
         let cfg = CorruptionConfig::default();
-        let mut s = SpecialTokenIds::bart();
+        let mut s = SpecialTokens::bart();
         s.mask = 60000;
         assert!(matches!(
             Corruptor::new(cfg.clone(), s, 50265, vec![4]),
             Err(Error::InvalidArgument { name, .. }) if name == "mask"
         ));
-        let s = SpecialTokenIds {
+        let s = SpecialTokens {
             bos: 0,
             eos: 1,
             pad: 1,
             mask: 0,
-            extra: vec![],
+            unk: None,
         };
         assert!(Corruptor::new(cfg.clone(), s, 2, vec![]).is_err());
         assert!(Corruptor::bart(cfg).is_ok());

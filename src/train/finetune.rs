@@ -22,7 +22,7 @@ use super::trainer::{MicroLoss, Objective};
 use crate::config::ElmerConfig;
 use crate::data::Example;
 use crate::error::{Error, Result};
-use crate::model::nn::Mode;
+use crate::nn::Mode;
 use crate::model::ElmerModel;
 use crate::tokenizer::BartTokenizer;
 

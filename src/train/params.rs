@@ -17,7 +17,7 @@ use rand_distr::{Distribution, Normal};
 use crate::checkpoint::{expected_tensors, load_dir, save_dir, LoadOptions, TensorKind};
 use crate::config::ElmerConfig;
 use crate::error::{Error, Result};
-use crate::model::nn::Weights;
+use crate::checkpoint::Weights;
 use crate::model::ElmerModel;
 
 /// The model's parameters as trainable variables.

@@ -26,11 +26,11 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::nn::Mode;
+use crate::nn::Mode;
 use crate::model::ElmerModel;
 use crate::train::optim::{clip_grad_norm, AdamW, AdamWConfig, LinearSchedule};
 use crate::train::params::Params;
-use crate::util::write_atomic;
+use crate::fs::write_atomic;
 
 /// Loss of one micro-batch.
 pub struct MicroLoss {

@@ -12,8 +12,15 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 
+mod autoregressive;
+mod stats;
+
+pub use autoregressive::{generate_greedy, generate_greedy_with, GreedyOptions};
+pub use stats::ExitStats;
+
+use crate::batch::PaddedBatch;
 use crate::error::{Error, Result};
 use crate::model::exit::ExitPolicy;
 use crate::model::ElmerModel;
@@ -63,73 +70,6 @@ pub struct Generation {
     /// Model time (encode + decode, device synchronised) of this source's batch divided by
     /// the batch size, in milliseconds.
     pub latency_ms: f64,
-}
-
-/// Fraction of generated tokens exiting at each layer, accumulated over a run.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExitStats {
-    /// `counts[l - 1]` = tokens that exited at layer l.
-    pub counts: Vec<u64>,
-}
-
-impl ExitStats {
-    /// Empty statistics for `num_layers` layers.
-    pub fn new(num_layers: usize) -> Self {
-        Self {
-            counts: vec![0; num_layers],
-        }
-    }
-
-    /// Adds one generation's exit layers.
-    pub fn add(&mut self, exit_layers: &[u32]) {
-        for &l in exit_layers {
-            let i = (l as usize).saturating_sub(1);
-            if i >= self.counts.len() {
-                self.counts.resize(i + 1, 0);
-            }
-            self.counts[i] += 1;
-        }
-    }
-
-    /// Total tokens counted.
-    pub fn total(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-
-    /// Fraction per layer (sums to 1 when any token was counted).
-    pub fn fractions(&self) -> Vec<f64> {
-        let t = self.total().max(1) as f64;
-        self.counts.iter().map(|&c| c as f64 / t).collect()
-    }
-
-    /// Mean exit layer.
-    pub fn mean_layer(&self) -> f64 {
-        let t = self.total().max(1) as f64;
-        self.counts
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| (i + 1) as f64 * c as f64)
-            .sum::<f64>()
-            / t
-    }
-}
-
-impl std::fmt::Display for ExitStats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let parts: Vec<String> = self
-            .fractions()
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("L{}: {:.1}%", i + 1, 100.0 * p))
-            .collect();
-        write!(
-            f,
-            "{} tokens, mean exit layer {:.2} ({})",
-            self.total(),
-            self.mean_layer(),
-            parts.join(", ")
-        )
-    }
 }
 
 /// The authors' post-processing: drop a word equal to the word before it.
@@ -287,21 +227,11 @@ impl<'a> Generator<'a> {
         let pad = model.config().pad_token_id;
         let eos = model.config().eos_token_id;
         let b = batch.len();
-        let s = batch.iter().map(|x| x.len()).max().unwrap_or(1);
-        let mut ids = Vec::with_capacity(b * s);
-        let mut mask = Vec::with_capacity(b * s);
-        for src in batch {
-            ids.extend_from_slice(src);
-            // (`resize`, not `iter::repeat_n`: that needs Rust 1.82, the MSRV is 1.80.)
-            ids.resize(ids.len() + s - src.len(), pad);
-            mask.resize(mask.len() + src.len(), 1u32);
-            mask.resize(mask.len() + s - src.len(), 0u32);
-        }
+        let padded = PaddedBatch::new(batch, pad);
         let start = Instant::now();
-        let ids = Tensor::from_vec(ids, (b, s), dev)?;
-        let mask = Tensor::from_vec(mask, (b, s), dev)?;
+        let (ids, mask) = padded.to_tensors(dev)?;
         let enc = model.encode(&ids, Some(&mask))?;
-        let out = model.generate_ids(&enc, self.config.max_len, self.config.policy.clone())?;
+        let out = model.decode_slot(&enc, self.config.max_len, self.config.policy.clone())?;
         let out_ids: Vec<Vec<u32>> = out.ids.to_dtype(DType::U32)?.to_vec2()?;
         let out_exits: Vec<Vec<u32>> = out.exit_layers.to_dtype(DType::U32)?.to_vec2()?;
         dev.synchronize()?;

@@ -148,7 +148,7 @@ fn product(
     let x_s = &xv[xl.start_offset()..xl.start_offset() + rows * d_in];
     let w_s = &wv[wl.start_offset()..wl.start_offset() + d_out * d_in];
     let threads = rayon::current_num_threads().max(1);
-    let avx2 = super::kernels::has_avx2_fma();
+    let avx2 = super::cpu::has_avx2_fma();
     if transposed {
         // `Wt [in, out]`: split the input rows (contiguous memory, streamed in order) over
         // tasks, each accumulating all outputs; then add the partial sums.
@@ -243,13 +243,13 @@ mod tests {
             for w in [&w, &wt] {
                 // As `Linear` uses it: the product, then the fused in-place bias.
                 let got = linear_few_rows(&x, w).unwrap().unwrap();
-                assert!(crate::model::fused::bias_act_(&got, &b, None).unwrap());
-                let d = crate::model::max_abs_diff(&got, &want);
+                assert!(crate::ops::fused::bias_act_(&got, &b, None).unwrap());
+                let d = crate::ops::max_abs_diff(&got, &want);
                 assert!(d < 1e-3, "[{rows},{d_in}]x[{d_out}]: {d}");
                 // Output-major, as the off-ramps read it.
                 let got_t = matmul_t_output_major(&x, w).unwrap().unwrap();
                 let want_t = want.broadcast_sub(&b).unwrap().t().unwrap();
-                let d = crate::model::max_abs_diff(&got_t, &want_t);
+                let d = crate::ops::max_abs_diff(&got_t, &want_t);
                 assert!(d < 1e-3, "output-major [{rows},{d_in}]x[{d_out}]: {d}");
             }
         }

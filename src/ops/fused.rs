@@ -16,7 +16,7 @@
 
 use candle_core::{CpuStorage, DType, InplaceOp1, InplaceOp2, Layout, Tensor};
 
-use super::kernels::{exp_nonpositive, f32_slice, has_avx2_fma, par_rows};
+use super::cpu::{exp_nonpositive, f32_slice, has_avx2_fma, par_rows};
 use crate::config::Activation;
 
 fn f32_slice_mut<'a>(
@@ -333,7 +333,7 @@ mod tests {
         let zeros = Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();
         let got = got.reshape((xs.len(), 1)).unwrap();
         assert!(bias_act_(&got, &zeros, Some(Activation::Gelu)).unwrap());
-        let d = crate::model::max_abs_diff(&got.flatten_all().unwrap(), &want);
+        let d = crate::ops::max_abs_diff(&got.flatten_all().unwrap(), &want);
         assert!(d < 1e-6, "gelu differs by {d}");
     }
 
@@ -351,7 +351,7 @@ mod tests {
                 Some(a) => a.apply(&z).unwrap(),
                 None => z,
             };
-            let d = crate::model::max_abs_diff(&got, &want);
+            let d = crate::ops::max_abs_diff(&got, &want);
             assert!(d < 2e-6, "{act:?}: differs by {d}");
         }
         // Not applicable: silu, or a tensor tracking gradients.
@@ -387,7 +387,7 @@ mod tests {
                 None => z,
             };
             let want = candle_nn::ops::softmax(&z, D::Minus1).unwrap();
-            let d = crate::model::max_abs_diff(&got, &want);
+            let d = crate::ops::max_abs_diff(&got, &want);
             assert!(d < 1e-6, "softmax differs by {d}");
         }
         // Masked keys get exactly zero weight.

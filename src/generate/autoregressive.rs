@@ -16,7 +16,7 @@
 //! constraints and no forced BOS/EOS token.
 //!
 //! ```no_run
-//! use elmer::model::autoregressive::{generate_greedy, generate_greedy_with, GreedyOptions};
+//! use elmer::{generate_greedy, generate_greedy_with, GreedyOptions};
 //! use elmer::{ElmerModel, LoadOptions};
 //! use candle_core::Tensor;
 //!
@@ -33,10 +33,9 @@
 use candle_core::{DType, Tensor, D};
 use candle_nn::kv_cache::KvCache;
 
-use super::attention::KeyValue;
-use super::nn::Mode;
-use super::{ElmerModel, EncoderOutput};
 use crate::error::{Error, Result};
+use crate::model::attention::KeyValue;
+use crate::model::{ElmerModel, EncoderOutput};
 
 /// Length limits of greedy decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +154,7 @@ pub fn generate_greedy_with(
             computed.as_slice()
         }
     };
-    let mut stepper = Stepper::new(model, cross, enc.mask.as_ref(), max_new)?;
+    let mut stepper = Stepper::new(model, enc, cross, max_new)?;
     // Added to the logits while EOS is forbidden: 0 everywhere, -inf at EOS `[vocab]`.
     let no_eos = if opts.min_new_tokens > 0 {
         let mut v = vec![0f32; cfg.vocab_size];
@@ -194,8 +193,8 @@ pub fn generate_greedy_with(
 /// One decoder step at a time with a growing self-attention cache.
 struct Stepper<'a> {
     model: &'a ElmerModel,
+    enc: &'a EncoderOutput,
     cross: &'a [KeyValue],
-    cross_mask: Option<&'a Tensor>,
     /// Per layer: self-attention keys/values `[batch, heads, steps, head_dim]`, preallocated
     /// for `max_new_tokens` positions and filled in place.
     cache: Vec<KvCache>,
@@ -206,11 +205,11 @@ struct Stepper<'a> {
 impl<'a> Stepper<'a> {
     fn new(
         model: &'a ElmerModel,
+        enc: &'a EncoderOutput,
         cross: &'a [KeyValue],
-        cross_mask: Option<&'a Tensor>,
         max_steps: usize,
     ) -> Result<Self> {
-        let n = model.decoder().num_layers();
+        let n = model.num_decoder_layers();
         if cross.len() != n {
             return Err(Error::invalid_arg(
                 "enc",
@@ -222,62 +221,21 @@ impl<'a> Stepper<'a> {
         }
         Ok(Self {
             model,
+            enc,
             cross,
-            cross_mask,
             cache: (0..n).map(|_| KvCache::new(2, max_steps)).collect(),
             pos: 0,
         })
     }
 
     /// Feeds one token per sequence (`ids`, length batch) at the next position and returns
-    /// the final off-ramp's logits for it, `[batch, vocab]`.
+    /// the final off-ramp's logits for it, `[batch, vocab]` f32.
     fn step(&mut self, ids: &[u32]) -> Result<Tensor> {
-        let decoder = self.model.decoder();
-        let emb = decoder.embeddings();
-        let dev = self.model.device();
-        let b = ids.len();
-        if self.pos >= emb.max_len() {
-            return Err(Error::invalid_arg(
-                "max_new_tokens",
-                format!("position {} exceeds the decoder position table", self.pos),
-            ));
-        }
-        // Embedding of the new token at position `pos`: [b, 1, d].
-        let ids_t = Tensor::from_vec(ids.to_vec(), (b, 1), dev)?;
-        let tok = emb.lookup(&ids_t)?;
-        let tok = if emb.scale() != 1.0 {
-            (tok * emb.scale())?
-        } else {
-            tok
-        };
-        let pos = emb
-            .positions()
-            .narrow(0, self.pos + super::embedding::POSITION_OFFSET, 1)?;
-        let mut x = emb
-            .layer_norm()
-            .forward(&tok.broadcast_add(&pos)?, Mode::Eval)?;
-
-        for (i, layer) in decoder.layers().iter().enumerate() {
-            // Causal self-attention: the new query sees every cached position and itself.
-            let new_kv = layer.self_attn().key_value(&x)?;
-            let (k, v) = self.cache[i].append(&new_kv.k, &new_kv.v)?;
-            let kv = KeyValue { k, v };
-            let h = layer.self_attn().attend(&x, &kv, None, Mode::Eval)?;
-            x = layer
-                .self_attn_layer_norm()
-                .forward(&(x + h)?, Mode::Eval)?;
-            let h = layer
-                .encoder_attn()
-                .attend(&x, &self.cross[i], self.cross_mask, Mode::Eval)?;
-            x = layer
-                .encoder_attn_layer_norm()
-                .forward(&(x + h)?, Mode::Eval)?;
-            let h = layer.ffn().forward(&x, Mode::Eval)?;
-            x = layer.final_layer_norm().forward(&(x + h)?, Mode::Eval)?;
-        }
+        let ids_t = Tensor::from_vec(ids.to_vec(), (ids.len(), 1), self.model.device())?;
+        let logits = self
+            .model
+            .ar_step(&ids_t, self.pos, &mut self.cache, self.enc, self.cross)?;
         self.pos += 1;
-        let logits = decoder.offramps().logits(decoder.num_layers(), &x)?; // [b, 1, vocab]
-        let logits = logits.squeeze(1)?;
         Ok(if logits.dtype() == DType::F32 {
             logits
         } else {
