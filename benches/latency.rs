@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor, D};
 use criterion::{Criterion, SamplingMode, Throughput};
-use elmer::checkpoint::{expected_tensors, TensorKind};
-use elmer::__bench::KeyValue;
-use elmer::{generate_greedy_with, GreedyOptions};
-use elmer::__bench::DecoderLayer;
 use elmer::__bench::argmax_entropy_cols;
+use elmer::__bench::DecoderLayer;
+use elmer::__bench::KeyValue;
 use elmer::checkpoint::Weights;
+use elmer::checkpoint::{expected_tensors, TensorKind};
+use elmer::{generate_greedy_with, GreedyOptions};
 use elmer::{ElmerConfig, ElmerModel, ExitPolicy, Mode};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;

@@ -92,7 +92,6 @@ impl Dataset {
     }
 }
 
-
 /// Reads two files line by line that must have the same number of lines.
 fn read_parallel(src: &Path, tgt: &Path) -> Result<(Vec<String>, Vec<String>)> {
     let sources = read_lines(src)?;

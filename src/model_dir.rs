@@ -19,9 +19,15 @@ use crate::tokenizer::BartTokenizer;
 /// Weight files looked for, in order of preference.
 const WEIGHT_FILES: [(&str, WeightFormat); 4] = [
     ("model.safetensors", WeightFormat::Safetensors),
-    ("model.safetensors.index.json", WeightFormat::ShardedSafetensors),
+    (
+        "model.safetensors.index.json",
+        WeightFormat::ShardedSafetensors,
+    ),
     ("pytorch_model.bin", WeightFormat::PytorchBin),
-    ("pytorch_model.bin.index.json", WeightFormat::ShardedPytorchBin),
+    (
+        "pytorch_model.bin.index.json",
+        WeightFormat::ShardedPytorchBin,
+    ),
 ];
 
 /// Where a directory's tokenizer is.
@@ -84,8 +90,10 @@ impl ModelDir {
             .map(|(name, f)| (path.join(name), *f))
             .find(|(p, _)| p.is_file())
             .ok_or_else(|| {
-                err("no weights found (expected model.safetensors, model.safetensors.index.json, \
-                     pytorch_model.bin or pytorch_model.bin.index.json)")
+                err(
+                    "no weights found (expected model.safetensors, model.safetensors.index.json, \
+                     pytorch_model.bin or pytorch_model.bin.index.json)",
+                )
             })?;
         Ok(Self {
             tokenizer: TokenizerFiles::find(path),
@@ -132,7 +140,11 @@ impl ModelDir {
     pub fn load_config(&self) -> Result<ElmerConfig> {
         let mut cfg = ElmerConfig::from_file(&self.config)?;
         if cfg.elmer_mask_token_id.is_none() {
-            if let Some(id) = self.tokenizer.as_ref().and_then(mask_id_from_tokenizer_files) {
+            if let Some(id) = self
+                .tokenizer
+                .as_ref()
+                .and_then(mask_id_from_tokenizer_files)
+            {
                 if (id as usize) < cfg.vocab_size {
                     cfg.elmer_mask_token_id = Some(id);
                 }

@@ -464,7 +464,7 @@ impl BartTokenizer {
     ///
     /// * `skip_special`: drop `<s> <pad> </s> <unk> <mask>` (else they appear verbatim);
     /// * `clean_up`: apply transformers' legacy `clean_up_tokenization` (see
-    ///   [`clean_up_tokenization`]), as transformers 4.x did with
+    ///   `clean_up_tokenization`), as transformers 4.x did with
     ///   `clean_up_tokenization_spaces=True`. It removes the space before `. , ? !` and in
     ///   front of `n't 'm 's 've 're` — also where the text had one, so it can change text.
     pub fn decode_with(&self, ids: &[u32], skip_special: bool, clean_up: bool) -> Result<String> {

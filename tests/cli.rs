@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use candle_core::{Device, Tensor};
-use elmer::{GenerationConfig, Generator};
 use elmer::metrics::{score_all, score_all_with};
 use elmer::{BartTokenizer, ElmerModel, ExitPolicy, LoadOptions};
+use elmer::{GenerationConfig, Generator};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;

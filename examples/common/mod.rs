@@ -135,7 +135,6 @@ pub struct Args {
     pub no_resume: bool,
 }
 
-
 /// The authors' post-processing before scoring: collapse repeated words, lowercase.
 pub fn postprocess(s: &str) -> String {
     collapse_repeated_words(s).to_lowercase()
@@ -256,7 +255,12 @@ fn evaluate(task: &Task, args: &Args, model_dir: &Path, test: &[Example]) -> Res
         .max_source_len
         .unwrap_or(task.max_source_len)
         .min(model.max_source_len());
-    let mut policies = vec![(args.exit.clone(), args.exit.parse::<ExitPolicy>().map_err(|e| e.for_argument("--exit"))?)];
+    let mut policies = vec![(
+        args.exit.clone(),
+        args.exit
+            .parse::<ExitPolicy>()
+            .map_err(|e| e.for_argument("--exit"))?,
+    )];
     if args.sweep {
         if !matches!(policies[0].1, ExitPolicy::LastLayer) {
             policies.push(("last".into(), ExitPolicy::LastLayer));
@@ -453,7 +457,9 @@ fn generate_mode(task: &Task, args: &Args) -> Result<()> {
         &model,
         &tok,
         &sources,
-        args.exit.parse::<ExitPolicy>().map_err(|e| e.for_argument("--exit"))?,
+        args.exit
+            .parse::<ExitPolicy>()
+            .map_err(|e| e.for_argument("--exit"))?,
         args.max_len.unwrap_or(task.max_len),
         args.max_source_len.unwrap_or(task.max_source_len),
         args.gen_batch_size,

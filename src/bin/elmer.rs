@@ -147,7 +147,6 @@ fn parse_device(s: &str) -> Result<Device, Error> {
     }
 }
 
-
 /// Reads input lines as UTF-8, naming the line that is not.
 fn read_lines(input: Option<&Path>) -> Result<Vec<String>, Error> {
     let name = input.map_or("<stdin>".to_string(), |p| p.display().to_string());
@@ -204,7 +203,9 @@ fn generate(
     input: Option<&Path>,
     collapse_repeats: bool,
 ) -> Result<(), Error> {
-    let policy = exit.parse::<ExitPolicy>().map_err(|e| e.for_argument("--exit"))?;
+    let policy = exit
+        .parse::<ExitPolicy>()
+        .map_err(|e| e.for_argument("--exit"))?;
     let device = parse_device(device)?;
     let dir = elmer::checkpoint::resolve_model_dir(model)?;
     let model = ElmerModel::from_dir(&dir, &LoadOptions::on(device))?;

@@ -14,7 +14,6 @@
 //! Every expected tensor is checked for presence and shape before the model is built; extra
 //! tensors are listed in the [`LoadReport`] (or refused with [`LoadOptions::strict`]).
 
-
 mod files;
 #[cfg(feature = "hub")]
 mod hub;

@@ -47,11 +47,10 @@ impl Weights {
     /// Every `*_proj.weight`, `fc1.weight`, `fc2.weight` and `concat_head.weight` (`[out, in]`)
     /// is stored as a contiguous `[in, out]` matrix viewed as `[out, in]`: the same values
     /// and shape, but `x W^T` then multiplies by a row-major matrix, which candle's CPU gemm
-    /// runs 1.07-5x faster than a transposed one, most at few rows (`cargo bench --bench
-    /// kernels`: `[64, 3072] x [3072, 768]` 1.06 vs 5.5 ms, `[512, 768] x [768, 3072]` 5.3 vs
-    /// 5.7 ms). Memory stays the same (each matrix is copied once and
-    /// the original dropped). The vocabulary projection keeps its `[vocab, d]` layout (the
-    /// off-ramps multiply it from the left, see [`crate::model::offramp`]).
+    /// runs faster than a transposed one, most at few rows (`cargo bench --bench kernels`
+    /// measures both layouts). Memory stays the same (each matrix is copied once and the
+    /// original dropped). The vocabulary projection keeps its `[vocab, d]` layout (the
+    /// off-ramps multiply it from the left).
     ///
     /// [`crate::ElmerModel::from_dir`] does this; call it on weights you build yourself
     /// before [`crate::ElmerModel::from_weights`]. Not for training: the copies are no

@@ -8,8 +8,8 @@
 use candle_core::{DType, Tensor};
 
 use crate::checkpoint::Weights;
-use crate::nn::{dropout, LayerNorm, Mode};
 use crate::error::{Error, Result};
+use crate::nn::{dropout, LayerNorm, Mode};
 
 /// Token + learned position embeddings with `layernorm_embedding`.
 #[derive(Debug, Clone)]
@@ -73,7 +73,13 @@ impl Embeddings {
 
     /// Embeds `ids` `[batch, len]` at positions `start..start + len` (an autoregressive step
     /// embeds one token at its position).
-    pub fn forward_from(&self, ids: &Tensor, start: usize, name: &str, mode: Mode) -> Result<Tensor> {
+    pub fn forward_from(
+        &self,
+        ids: &Tensor,
+        start: usize,
+        name: &str,
+        mode: Mode,
+    ) -> Result<Tensor> {
         let (_, len) = ids.dims2()?;
         let t = start + len;
         if t > self.max_len {

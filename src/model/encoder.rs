@@ -11,8 +11,8 @@ use super::embedding::Embeddings;
 use super::feed_forward::FeedForward;
 use crate::checkpoint::Weights;
 use crate::config::ElmerConfig;
-use crate::nn::{dropout, LayerNorm, Mode};
 use crate::error::Result;
+use crate::nn::{dropout, LayerNorm, Mode};
 
 /// One post-norm encoder layer.
 #[derive(Debug, Clone)]

@@ -31,9 +31,9 @@ use std::borrow::Cow;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::checkpoint::Weights;
 use crate::config::ElmerConfig;
 use crate::error::{Error, Result};
-use crate::checkpoint::Weights;
 use crate::nn::{additive_padding_mask, Mode};
 use attention::KeyValue;
 use decoder::{Decoder, EncoderSide};

@@ -11,9 +11,9 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::checkpoint::Weights;
-use crate::nn::Linear;
 use crate::config::{ElmerConfig, OffRampKind};
 use crate::error::{Error, Result};
+use crate::nn::Linear;
 
 /// The decoder's off-ramps, one per layer (possibly all the same projection).
 #[derive(Debug, Clone)]
@@ -100,7 +100,9 @@ pub fn offramp_decisions(
             Some(t) => t, // a few rows: streaming matrix-vector kernel
             None => w.matmul(&h.t()?)?,
         };
-        if let Some((ids, ent)) = crate::ops::argmax_entropy::argmax_entropy_cols(&raw_t, b, with_entropy)? {
+        if let Some((ids, ent)) =
+            crate::ops::argmax_entropy::argmax_entropy_cols(&raw_t, b, with_entropy)?
+        {
             return Ok((ids, ent));
         }
     }

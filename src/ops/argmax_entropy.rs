@@ -195,7 +195,6 @@ mod tests {
         assert_eq!(ids2.to_vec1::<u32>().unwrap(), want_ids);
     }
 
-
     #[test]
     fn column_kernel_merges_vocabulary_parts() {
         // Large enough to be split over threads; a tie across the split keeps the lowest id.

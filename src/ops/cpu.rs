@@ -55,7 +55,11 @@ pub(crate) fn f32_slice<'a>(
     }
 }
 
-pub(crate) fn u32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [u32]> {
+pub(crate) fn u32_slice<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [u32]> {
     let v = match s {
         CpuStorage::U32(v) => v.as_slice(),
         _ => candle_core::bail!("{what}: expected u32"),

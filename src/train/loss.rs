@@ -14,11 +14,11 @@
 
 use candle_core::{DType, Tensor, D};
 
+use crate::batch::PaddedBatch;
 use crate::error::{Error, Result};
 use crate::model::exit::{DecodeOptions, ExitPolicy, SoftTeacher};
-use crate::nn::Mode;
-use crate::batch::PaddedBatch;
 use crate::model::{ElmerModel, EncoderOutput};
+use crate::nn::Mode;
 
 /// One training batch: sources, decoder slots and labels, all right-padded.
 #[derive(Debug, Clone)]
@@ -187,7 +187,8 @@ fn offramp_nll_mean(model: &ElmerModel, layer: usize, rows: &Tensor, y: &Tensor)
     let (w, bias) = model.decoder().offramps().projection(layer)?;
     let logits = rows.matmul(&w.t()?)?;
     let n = rows.dim(0)? as f64;
-    let nll = match crate::ops::cross_entropy::cross_entropy_rows_with_bias(&logits, y, bias, pad)? {
+    let nll = match crate::ops::cross_entropy::cross_entropy_rows_with_bias(&logits, y, bias, pad)?
+    {
         Some(nll) => nll,
         None => {
             let logp = candle_nn::ops::log_softmax(

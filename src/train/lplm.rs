@@ -17,14 +17,14 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 
 use super::corruption::{word_starts_from_tokens, CorruptionConfig, Corruptor};
-use crate::SpecialTokens;
 use super::loss::{lplm_loss, Batch};
 use super::trainer::{MicroLoss, Objective};
 use crate::error::{Error, Result};
 use crate::model::exit::{DecodeOptions, ExitPolicy};
-use crate::nn::Mode;
 use crate::model::ElmerModel;
+use crate::nn::Mode;
 use crate::tokenizer::BartTokenizer;
+use crate::SpecialTokens;
 
 /// One tokenised chunk: framed ids and word-start flags.
 #[derive(Debug, Clone, PartialEq)]

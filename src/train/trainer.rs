@@ -26,11 +26,11 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::nn::Mode;
+use crate::fs::write_atomic;
 use crate::model::ElmerModel;
+use crate::nn::Mode;
 use crate::train::optim::{clip_grad_norm, AdamW, AdamWConfig, LinearSchedule};
 use crate::train::params::Params;
-use crate::fs::write_atomic;
 
 /// Loss of one micro-batch.
 pub struct MicroLoss {
@@ -175,8 +175,11 @@ pub struct Trainer {
     /// summary at `INFO`, every `log_every`-th step at `DEBUG`. Nothing is printed unless the
     /// program installs a `tracing` subscriber.
     pub verbose: bool,
-    progress: Option<Box<dyn FnMut(&StepProgress<'_>)>>,
+    progress: Option<ProgressFn>,
 }
+
+/// The progress callback of a [`Trainer`].
+type ProgressFn = Box<dyn FnMut(&StepProgress<'_>)>;
 
 /// What a [`Trainer`] reports to its [progress callback](Trainer::set_progress) after every
 /// optimizer step.

@@ -21,7 +21,6 @@ pub(super) enum ExitRule {
     Schedule(Vec<u32>),
 }
 
-
 impl Decoder {
     /// Early exit computing only what active tokens need.
     pub(super) fn forward_sparse(

@@ -1,11 +1,9 @@
 //! Bad checkpoints and bad inputs give clear errors, never panics.
 
-mod common;
-
 use std::path::Path;
 
+use crate::common::*;
 use candle_core::{Device, Tensor};
-use common::*;
 use elmer::{DecodeOptions, ElmerModel, Error, ExitPolicy, LoadOptions};
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -1,8 +1,6 @@
 //! `ElmerConfig`: real config files parse, round trips are lossless, bad fields are named.
 
-mod common;
-
-use common::fixtures;
+use crate::common::fixtures;
 use elmer::{ElmerConfig, Error, OffRampKind};
 
 fn parse(json: &str) -> ElmerConfig {

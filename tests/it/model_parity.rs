@@ -1,13 +1,11 @@
 //! The model against the PyTorch/transformers ELMER reference
-//! (`scripts/make_model_fixtures.py`, fixtures in `tests/fixtures/model`).
+//! (`scripts/fixtures/make_model_fixtures.py`, fixtures in `tests/fixtures/model`).
 //! Logits within 1e-4 absolute, ids and exit layers exactly.
-
-mod common;
 
 use std::cell::RefCell;
 
+use crate::common::*;
 use candle_core::{DType, Device, Tensor};
-use common::*;
 use elmer::{DecodeOptions, ElmerModel, ExitPolicy, LoadOptions, Mode};
 use rand::SeedableRng;
 

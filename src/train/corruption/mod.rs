@@ -56,96 +56,20 @@
 //! * Word-start flags travel with their tokens when sentences are shuffled; a
 //!   token that directly follows a special token (or is the first content
 //!   token) always starts a word.
+mod config;
+mod spans;
+mod words;
 
 use rand::seq::SliceRandom;
 use rand::Rng;
-use rand_distr::{Distribution, Geometric, Poisson};
+use rand_distr::{Geometric, Poisson};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::SpecialTokens;
-
-/// Byte-level BPE marker of a leading space (`'Ġ'`, U+0120).
-const SPACE_MARKER: char = '\u{0120}';
-
-/// Special-token strings of the BART/RoBERTa vocabulary, used by
-/// [`word_starts_from_tokens`].
-const BART_SPECIAL_TOKENS: [&str; 5] = ["<s>", "</s>", "<pad>", "<unk>", "<mask>"];
-
-fn invalid(name: &str, message: impl Into<String>) -> Error {
-    Error::InvalidArgument {
-        name: name.to_string(),
-        message: message.into(),
-    }
-}
-
-/// Hyper-parameters of the BART-style noising.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CorruptionConfig {
-    /// Share of the maskable content units (tokens, or words with
-    /// [`whole_word`](Self::whole_word)) removed by text infilling, in `[0, 1]`.
-    /// Default `0.15`.
-    pub mask_ratio: f64,
-    /// Mean of the Poisson distribution of span lengths (in units); must be
-    /// finite and `> 0`. Default `3.0` (the authors' script used `3.5`).
-    pub poisson_lambda: f64,
-    /// Spans start at word starts and cover whole words; requires the
-    /// `word_start` argument of [`Corruptor::corrupt`]. Default `false`.
-    pub whole_word: bool,
-    /// Share of spans (and inserted noise tokens) replaced by a random
-    /// non-special token instead of `<mask>`, in `[0, 1]`. Default `0.0`.
-    pub random_token_ratio: f64,
-    /// Permute the sentences before infilling. Default `true`.
-    pub sentence_shuffle: bool,
-    /// Extra insertion noise: `round(insert_ratio * m)` tokens inserted into
-    /// the infilled content of length `m`, in `[0, 1]`. Default `0.0`.
-    pub insert_ratio: f64,
-}
-
-impl Default for CorruptionConfig {
-    fn default() -> Self {
-        Self {
-            mask_ratio: 0.15,
-            poisson_lambda: 3.0,
-            whole_word: false,
-            random_token_ratio: 0.0,
-            sentence_shuffle: true,
-            insert_ratio: 0.0,
-        }
-    }
-}
-
-impl CorruptionConfig {
-    /// Checks every field; the error names the offending field.
-    pub fn validate(&self) -> Result<()> {
-        let unit = |name: &str, v: f64| -> Result<()> {
-            if v.is_finite() && (0.0..=1.0).contains(&v) {
-                Ok(())
-            } else {
-                Err(invalid(name, format!("must be in [0, 1], got {v}")))
-            }
-        };
-        unit("mask_ratio", self.mask_ratio)?;
-        unit("random_token_ratio", self.random_token_ratio)?;
-        unit("insert_ratio", self.insert_ratio)?;
-        if !(self.poisson_lambda.is_finite() && self.poisson_lambda > 0.0) {
-            return Err(invalid(
-                "poisson_lambda",
-                format!("must be finite and > 0, got {}", self.poisson_lambda),
-            ));
-        }
-        if self.poisson_lambda > Poisson::<f64>::MAX_LAMBDA {
-            return Err(invalid(
-                "poisson_lambda",
-                format!(
-                    "must be at most {}, got {}",
-                    Poisson::<f64>::MAX_LAMBDA,
-                    self.poisson_lambda
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
+use config::invalid;
+pub use config::CorruptionConfig;
+use spans::place_spans;
+pub use words::word_starts_from_tokens;
 
 /// Output of [`Corruptor::corrupt`]. Token sequences are framed
 /// `[<s>, ..., </s>]`; positions and lengths are counted in tokens.
@@ -484,81 +408,6 @@ impl Corruptor {
         (out, out_ws)
     }
 
-    /// Maskable units of the (shuffled) document: single non-special tokens,
-    /// or whole words when `whole_word` is set. Units never contain specials.
-    fn units(&self, ids: &[u32], word_start: Option<&[bool]>) -> Vec<Unit> {
-        let mut units: Vec<Unit> = Vec::new();
-        let mut segment = 0;
-        let mut prev_special = true;
-        for (i, &id) in ids.iter().enumerate().take(ids.len() - 1).skip(1) {
-            if self.is_special(id) {
-                segment += 1;
-                prev_special = true;
-                continue;
-            }
-            let starts_word = match (self.cfg.whole_word, word_start) {
-                (true, Some(ws)) => ws[i] || prev_special,
-                _ => true,
-            };
-            match units.last_mut() {
-                Some(last) if !starts_word => last.len += 1,
-                _ => units.push(Unit {
-                    start: i,
-                    len: 1,
-                    segment,
-                }),
-            }
-            prev_special = false;
-        }
-        units
-    }
-
-    /// Draws Poisson span lengths until they reach `budget` (the last one is
-    /// truncated). Returns the positive lengths in draw order and the number
-    /// of zero-length draws.
-    fn sample_span_lengths<R: Rng + ?Sized>(
-        &self,
-        budget: usize,
-        rng: &mut R,
-    ) -> (Vec<usize>, usize) {
-        let mut lengths = Vec::new();
-        let mut num_zero: usize = 0;
-        let mut total = 0;
-        while total < budget {
-            let zeros = self.zeros.sample(rng);
-            num_zero = num_zero.saturating_add(usize::try_from(zeros).unwrap_or(usize::MAX));
-            let len = self.sample_positive(rng).min(budget - total);
-            lengths.push(len);
-            total += len;
-        }
-        (lengths, num_zero)
-    }
-
-    /// One draw of `Poisson(lambda)` conditioned on being `>= 1`.
-    fn sample_positive<R: Rng + ?Sized>(&self, rng: &mut R) -> usize {
-        let lambda = self.cfg.poisson_lambda;
-        if lambda >= 1.0 {
-            // Acceptance probability 1 - exp(-lambda) >= 0.63.
-            loop {
-                let k = self.poisson.sample(rng);
-                if k >= 1.0 {
-                    return k as usize;
-                }
-            }
-        }
-        // Inversion: P(k) = lambda^k / k! / (exp(lambda) - 1), k >= 1.
-        let u = rng.random::<f64>() * lambda.exp_m1();
-        let mut k = 1;
-        let mut term = lambda;
-        let mut cumulative = term;
-        while cumulative < u && k < 1_000 {
-            k += 1;
-            term *= lambda / k as f64;
-            cumulative += term;
-        }
-        k
-    }
-
     /// `<mask>`, or with probability `random_token_ratio` a random
     /// non-special token.
     fn noise_token<R: Rng + ?Sized>(&self, rng: &mut R) -> u32 {
@@ -583,98 +432,6 @@ impl Corruptor {
     }
 }
 
-/// A maskable unit: `len` consecutive tokens starting at `start`, all in the
-/// same `segment` (runs of content between special tokens).
-#[derive(Debug, Clone, Copy)]
-struct Unit {
-    start: usize,
-    len: usize,
-    segment: usize,
-}
-
-/// Places spans of the given lengths (in units) without overlap and without
-/// crossing segments. Returns `(first_unit, unit_count)` pairs.
-fn place_spans<R: Rng + ?Sized>(
-    units: &[Unit],
-    mut lengths: Vec<usize>,
-    rng: &mut R,
-) -> Vec<(usize, usize)> {
-    // Free runs of units as (first, count), each within one segment.
-    let mut free: Vec<(usize, usize)> = Vec::new();
-    for (i, u) in units.iter().enumerate() {
-        match free.last_mut() {
-            Some((first, count)) if units[*first].segment == u.segment => *count += 1,
-            _ => free.push((i, 1)),
-        }
-    }
-    // Longest first packs best; stable so equal lengths keep draw order.
-    lengths.sort_by(|a, b| b.cmp(a));
-    let mut pending: Vec<usize> = lengths.into_iter().rev().collect();
-    let mut placed = Vec::new();
-    while let Some(len) = pending.pop() {
-        let fits: usize = free
-            .iter()
-            .filter(|&&(_, c)| c >= len)
-            .map(|&(_, c)| c - len + 1)
-            .sum();
-        if fits == 0 {
-            // No free run is long enough: fill the longest one and place the rest later.
-            let Some((idx, &(first, count))) =
-                free.iter().enumerate().max_by_key(|&(_, &(_, c))| c)
-            else {
-                break; // nothing free left; unreachable since budget <= #units
-            };
-            free.remove(idx);
-            placed.push((first, count));
-            pending.insert(0, len - count);
-            continue;
-        }
-        let mut r = rng.random_range(0..fits);
-        for idx in 0..free.len() {
-            let (first, count) = free[idx];
-            if count < len {
-                continue;
-            }
-            let choices = count - len + 1;
-            if r < choices {
-                let start = first + r;
-                placed.push((start, len));
-                let left = (first, r);
-                let right = (start + len, count - r - len);
-                free.remove(idx);
-                if right.1 > 0 {
-                    free.insert(idx, right);
-                }
-                if left.1 > 0 {
-                    free.insert(idx, left);
-                }
-                break;
-            }
-            r -= choices;
-        }
-    }
-    placed
-}
-
-/// Word-start flags for byte-level BPE token strings (BART/RoBERTa/GPT-2).
-///
-/// A token starts a word when it begins with `'Ġ'` (an encoded leading space),
-/// is a special token (`<s>`, `</s>`, `<pad>`, `<unk>`, `<mask>`), follows a
-/// special token, or is the first token. The result has the same length as
-/// `tokens` and can be passed as `word_start` to [`Corruptor::corrupt`].
-pub fn word_starts_from_tokens(tokens: &[&str]) -> Vec<bool> {
-    let mut prev_special = true;
-    tokens
-        .iter()
-        .map(|tok| {
-            let special = BART_SPECIAL_TOKENS.contains(tok);
-            let start = special || prev_special || tok.starts_with(SPACE_MARKER);
-            prev_special = special;
-            start
-        })
-        .collect()
-}
-
 /// Units of a document as `(start, len)` token ranges (test helper).
 #[cfg(test)]
 fn split_units_for_test(c: &Corruptor, ids: &[u32], ws: Option<&[bool]>) -> Vec<(usize, usize)> {
@@ -684,6 +441,7 @@ fn split_units_for_test(c: &Corruptor, ids: &[u32], ws: Option<&[bool]>) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
     use std::collections::BTreeSet;

@@ -1,5 +1,5 @@
 //! Parity of `BartTokenizer` with Hugging Face transformers on the fixtures written by
-//! `scripts/make_tokenizer_fixtures.py` (ids from transformers 4.57.6 slow + fast
+//! `scripts/fixtures/make_tokenizer_fixtures.py` (ids from transformers 4.57.6 slow + fast
 //! `BartTokenizer`, decoded strings from transformers 5.24).
 
 use std::path::{Path, PathBuf};

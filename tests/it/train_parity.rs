@@ -1,18 +1,16 @@
 //! Training losses and gradients against the PyTorch reference
-//! (`scripts/make_train_fixtures.py`, fixtures in `tests/fixtures/train`): every loss within
+//! (`scripts/fixtures/make_train_fixtures.py`, fixtures in `tests/fixtures/train`): every loss within
 //! 1e-5 and the gradient of every parameter within relative 1e-4 (of that gradient's largest
 //! entry; 2e-6 absolute floor for gradients that are zero in exact arithmetic).
-
-mod common;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use crate::common::*;
 use candle_core::{DType, Device, Tensor};
-use common::*;
 use elmer::checkpoint::is_body_name;
-use elmer::train::{loss, Batch};
 use elmer::train::Params;
+use elmer::train::{loss, Batch};
 use elmer::Mode;
 use rand::SeedableRng;
 

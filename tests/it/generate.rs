@@ -11,10 +11,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use elmer::{
-    collapse_repeated_words, ExitStats, Generation, GenerationConfig, Generator,
-};
 use elmer::checkpoint::Weights;
+use elmer::{collapse_repeated_words, ExitStats, Generation, GenerationConfig, Generator};
 use elmer::{BartTokenizer, DecodeOptions, ElmerModel, Error, ExitPolicy, LoadOptions};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use elmer::BartTokenizer;
 use elmer::train::{word_starts_from_tokens, Corrupted, CorruptionConfig, Corruptor};
+use elmer::BartTokenizer;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 

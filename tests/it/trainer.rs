@@ -1,12 +1,10 @@
 //! The training loop: loss goes down, checkpoints load, a killed and resumed run follows the
 //! same trajectory as an uninterrupted one.
 
-mod common;
-
+use crate::common::*;
 use candle_core::Device;
-use common::*;
-use elmer::train::{Document, LplmConfig, LplmObjective};
 use elmer::train::Params;
+use elmer::train::{Document, LplmConfig, LplmObjective};
 use elmer::train::{TrainConfig, Trainer};
 use elmer::{DecodeOptions, ElmerModel, ExitPolicy, LoadOptions};
 use rand::{Rng, SeedableRng};

@@ -1,13 +1,11 @@
 //! Fine-tuning objectives on tiny data: soft exit (with concat_head creation and gold mixing),
 //! hard exit (deep supervision) and last layer all learn; target truncation keeps `</s>`.
 
-mod common;
-
+use crate::common::*;
 use candle_core::Device;
-use common::*;
 use elmer::data::Example;
-use elmer::train::{tokenize_pairs, FinetuneMode, FinetuneObjective, Pair};
 use elmer::train::Params;
+use elmer::train::{tokenize_pairs, FinetuneMode, FinetuneObjective, Pair};
 use elmer::train::{TrainConfig, Trainer};
 use elmer::BartTokenizer;
 use rand::{Rng, SeedableRng};

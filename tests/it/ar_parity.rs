@@ -1,13 +1,11 @@
 //! Autoregressive greedy decoding against transformers' `BartForConditionalGeneration.generate`
-//! (`scripts/make_ar_fixtures.py`, fixtures in `tests/fixtures/ar`): ids exactly, per row up to
+//! (`scripts/fixtures/make_ar_fixtures.py`, fixtures in `tests/fixtures/ar`): ids exactly, per row up to
 //! and including EOS.
-
-mod common;
 
 use std::path::PathBuf;
 
+use crate::common::*;
 use candle_core::{Device, Tensor};
-use common::*;
 use elmer::{generate_greedy, generate_greedy_with, GreedyOptions};
 use elmer::{ElmerModel, Error, LoadOptions};
 use serde_json::Value;

@@ -1,5 +1,4 @@
 //! Helpers shared by the integration tests: fixture paths, reference tensors, comparisons.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;
