@@ -70,6 +70,10 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     /// Refuse checkpoints with tensors the model does not use.
     pub strict: bool,
+    /// Load weights that hold NaN or infinite values. Off by default: such a checkpoint
+    /// generates garbage (an all-`<s>` output) without any other sign, so loading it is an
+    /// [`Error::Checkpoint`] naming the file and tensor unless this is set.
+    pub allow_non_finite: bool,
 }
 
 impl Default for LoadOptions {
@@ -78,6 +82,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: None,
             strict: false,
+            allow_non_finite: false,
         }
     }
 }
@@ -182,6 +187,9 @@ pub fn load_dir(
                 })
             }
         };
+        if !opts.allow_non_finite {
+            check_finite(&t, &stored, &files.files[files.index[&stored].0])?;
+        }
         let t = t.to_device(&opts.device)?;
         if !s.required {
             optional_present.push(s.name.clone());
@@ -238,6 +246,30 @@ pub fn load_dir(
         parameters,
     };
     Ok((cfg, Weights::new(map), report))
+}
+
+/// Fails when `t` holds a NaN or an infinity, naming the tensor and its file.
+fn check_finite(t: &Tensor, name: &str, file: &Path) -> Result<()> {
+    // In chunks of 1M values, so the check adds 4 MB to a load's peak memory, not a tensor.
+    const CHUNK: usize = 1 << 20;
+    let flat = t.flatten_all()?;
+    let n = flat.elem_count();
+    let mut bad = 0usize;
+    for start in (0..n).step_by(CHUNK) {
+        let part = flat.narrow(0, start, CHUNK.min(n - start))?;
+        let v: Vec<f32> = part.to_dtype(DType::F32)?.to_vec1()?;
+        bad += v.iter().filter(|x| !x.is_finite()).count();
+    }
+    if bad == 0 {
+        return Ok(());
+    }
+    Err(Error::Checkpoint {
+        path: file.to_path_buf(),
+        message: format!(
+            "tensor `{name}` holds {bad} NaN or infinite value(s); set \
+             LoadOptions::allow_non_finite to load it anyway"
+        ),
+    })
 }
 
 fn count_parameters(

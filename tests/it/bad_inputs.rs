@@ -205,6 +205,36 @@ fn extra_tensors_are_reported_and_strict_refuses() {
     );
 }
 
+/// NaN/Inf weights used to load and generate an empty all-`<s>` output with exit 0.
+#[test]
+fn non_finite_weights_are_refused_unless_allowed() {
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&model_dir("cg"), dir.path());
+        rewrite(dir.path(), |m| {
+            let name = "model.decoder.layers.1.fc1.weight";
+            let t = &m[name];
+            let mut v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v[7] = bad;
+            let t = Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap();
+            m.insert(name.into(), t);
+        });
+        let e = load_err(dir.path());
+        assert!(matches!(e, Error::Checkpoint { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains("model.decoder.layers.1.fc1.weight"), "{msg}");
+        assert!(
+            msg.contains("model.safetensors") && msg.contains("NaN"),
+            "{msg}"
+        );
+        let allow = LoadOptions {
+            allow_non_finite: true,
+            ..LoadOptions::default()
+        };
+        ElmerModel::from_dir(dir.path(), &allow).unwrap();
+    }
+}
+
 #[test]
 fn bad_model_inputs() {
     let model = ElmerModel::from_dir(model_dir("cg"), &LoadOptions::default()).unwrap();

@@ -99,6 +99,45 @@ fn invalid_fields_are_named() {
     assert_eq!(f, "model_type");
 }
 
+/// Absurd sizes are refused by name before anything is allocated (a config.json with
+/// `encoder_layers` = 10^6 used to cost gigabytes and seconds before a "missing tensor" error;
+/// `max_position_embeddings` = 2^64-1 wrapped).
+#[test]
+fn absurd_sizes_are_refused_by_name() {
+    for (json, field) in [
+        (r#"{"encoder_layers": 1000000}"#, "encoder_layers"),
+        (r#"{"decoder_layers": 100000}"#, "decoder_layers"),
+        (
+            r#"{"max_position_embeddings": 18446744073709551615}"#,
+            "max_position_embeddings",
+        ),
+        (r#"{"vocab_size": 4000000000}"#, "vocab_size"),
+        (
+            r#"{"d_model": 1048576, "encoder_attention_heads": 1, "decoder_attention_heads": 1}"#,
+            "d_model",
+        ),
+        (r#"{"encoder_ffn_dim": 100000000}"#, "encoder_ffn_dim"),
+        (
+            r#"{"decoder_attention_heads": 1048576, "d_model": 1048576}"#,
+            "d_model",
+        ),
+    ] {
+        let (f, m) = config_err(json);
+        assert_eq!(f, field, "{json}: {m}");
+        assert!(m.contains("sanity bound"), "{json}: {m}");
+    }
+    // A whole directory with such a config fails fast with the field named.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"encoder_layers": 1000000}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("model.safetensors"), b"").unwrap();
+    let e = elmer::ElmerModel::from_dir(dir.path(), &elmer::LoadOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("encoder_layers"), "{e}");
+}
+
 #[test]
 fn file_errors_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
