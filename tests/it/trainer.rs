@@ -143,3 +143,27 @@ fn loss_decreases_and_checkpoints_load() {
         .count();
     assert_eq!(n, 2);
 }
+
+/// A run killed while it replaced `best/` (old one moved away, new one not in yet) or while it
+/// wrote a checkpoint (a stale `.tmp-checkpoint-*`) resumes with `best/` back and the stale
+/// temporary directory gone.
+#[test]
+fn interrupted_saves_are_repaired_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut first, obj) = setup(dir.path(), 6);
+    first.run_until(&obj, 4).unwrap();
+    drop(first);
+    let best = dir.path().join("best");
+    assert!(best.is_dir());
+    std::fs::rename(&best, dir.path().join(".old-best")).unwrap();
+    let stale = dir.path().join(".tmp-checkpoint-0000005");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("model.safetensors"), b"partial").unwrap();
+    let (mut second, obj) = setup(dir.path(), 6);
+    assert_eq!(second.resume().unwrap(), 3);
+    assert!(best.is_dir(), "best/ was not restored");
+    assert!(!dir.path().join(".old-best").exists());
+    assert!(!stale.exists(), "stale temporary checkpoint left behind");
+    ElmerModel::from_dir(&best, &LoadOptions::default()).unwrap();
+    second.run(&obj).unwrap();
+}
