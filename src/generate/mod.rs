@@ -40,6 +40,11 @@ pub struct GenerationConfig {
     /// The authors' post-processing: collapse consecutive repeated words in the text
     /// (ids and exit layers are left as generated). Off by default.
     pub collapse_repeats: bool,
+    /// Most padded source tokens per model call (batch x longest source); a batch of
+    /// `batch_size` sources over this budget runs as several calls, so peak memory is bounded
+    /// by the budget, not by `batch_size`. Results do not change (they never depend on the
+    /// batch). Default 8192.
+    pub max_batch_tokens: usize,
 }
 
 impl Default for GenerationConfig {
@@ -50,6 +55,7 @@ impl Default for GenerationConfig {
             batch_size: 16,
             max_source_len: None,
             collapse_repeats: false,
+            max_batch_tokens: 8192,
         }
     }
 }
@@ -67,6 +73,9 @@ pub struct Generation {
     pub num_tokens: usize,
     /// Whether a `</s>` was generated inside the slot.
     pub ended: bool,
+    /// Whether the source was longer than [`Generator::max_source_len`] and cut (text input
+    /// only; callers that pass ids cut them themselves).
+    pub source_truncated: bool,
     /// Model time (encode + decode, device synchronised) of this source's batch divided by
     /// the batch size, in milliseconds.
     pub latency_ms: f64,
@@ -109,6 +118,9 @@ impl<'a> Generator<'a> {
         }
         if config.batch_size == 0 {
             return Err(Error::invalid_arg("batch_size", "must be at least 1"));
+        }
+        if config.max_batch_tokens == 0 {
+            return Err(Error::invalid_arg("max_batch_tokens", "must be at least 1"));
         }
         if let Some(m) = config.max_source_len {
             if m < 2 {
@@ -164,6 +176,50 @@ impl<'a> Generator<'a> {
 
     /// Generates from texts: one [`Generation`] per text, in input order.
     pub fn generate(&mut self, texts: &[&str]) -> Result<Vec<Generation>> {
+        let (ids, truncated) = self.encode_texts(texts)?;
+        let mut out = self.generate_ids(&ids)?;
+        for (g, t) in out.iter_mut().zip(truncated) {
+            g.source_truncated = t;
+        }
+        Ok(out)
+    }
+
+    /// Generates for a stream of texts of any length with bounded memory: texts are read in
+    /// windows of `16 x batch_size`, each window is generated (sorted by length inside the
+    /// window) and `sink(index, generation)` is called in input order before the next window
+    /// is read, so output can be written as it is produced and a killed run keeps what was
+    /// done. Returns the number of texts. Stops at the first error of `texts`, the model or
+    /// `sink`.
+    pub fn generate_each<S, I>(
+        &mut self,
+        texts: I,
+        mut sink: impl FnMut(usize, Generation) -> Result<()>,
+    ) -> Result<usize>
+    where
+        S: AsRef<str>,
+        I: IntoIterator<Item = Result<S>>,
+    {
+        let window = self.config.batch_size.saturating_mul(16).max(64);
+        let mut texts = texts.into_iter();
+        let mut done = 0usize;
+        loop {
+            let mut chunk: Vec<S> = Vec::with_capacity(window);
+            for t in texts.by_ref().take(window) {
+                chunk.push(t?);
+            }
+            if chunk.is_empty() {
+                return Ok(done);
+            }
+            let refs: Vec<&str> = chunk.iter().map(AsRef::as_ref).collect();
+            for g in self.generate(&refs)? {
+                sink(done, g)?;
+                done += 1;
+            }
+        }
+    }
+
+    /// Framed, truncated ids of `texts` and whether each was cut.
+    fn encode_texts(&self, texts: &[&str]) -> Result<(Vec<Vec<u32>>, Vec<bool>)> {
         let tok = self.tokenizer.ok_or_else(|| {
             Error::invalid_arg(
                 "tokenizer",
@@ -171,11 +227,18 @@ impl<'a> Generator<'a> {
             )
         })?;
         let max = self.max_source_len();
-        let ids = texts
-            .iter()
-            .map(|t| tok.encode_truncated(t, max))
-            .collect::<Result<Vec<_>>>()?;
-        self.generate_ids(&ids)
+        let mut ids = Vec::with_capacity(texts.len());
+        let mut truncated = Vec::with_capacity(texts.len());
+        for t in texts {
+            let full = tok.encode(t)?;
+            truncated.push(full.len() > max);
+            ids.push(if full.len() > max {
+                tok.encode_truncated(t, max)?
+            } else {
+                full
+            });
+        }
+        Ok((ids, truncated))
     }
 
     /// Generates from framed source ids (`<s> ... </s>`, each at most
@@ -211,11 +274,20 @@ impl<'a> Generator<'a> {
         order.sort_by(|&a, &b| sources[b].len().cmp(&sources[a].len()).then(a.cmp(&b)));
         let mut results: Vec<Option<Generation>> = vec![None; sources.len()];
         for chunk in order.chunks(self.config.batch_size) {
-            let batch: Vec<&[u32]> = chunk.iter().map(|&i| sources[i].as_slice()).collect();
-            let outs = self.run_batch(&batch)?;
-            for (&i, g) in chunk.iter().zip(outs) {
-                self.stats.add(&g.exit_layers);
-                results[i] = Some(g);
+            // Cut the batch so no model call holds more than `max_batch_tokens` padded source
+            // tokens (the batch is sorted longest first: the first source sets the padding).
+            let mut rest = chunk;
+            while !rest.is_empty() {
+                let longest = sources[rest[0]].len().max(1);
+                let n = (self.config.max_batch_tokens / longest).clamp(1, rest.len());
+                let (part, tail) = rest.split_at(n);
+                rest = tail;
+                let batch: Vec<&[u32]> = part.iter().map(|&i| sources[i].as_slice()).collect();
+                let outs = self.run_batch(&batch)?;
+                for (&i, g) in part.iter().zip(outs) {
+                    self.stats.add(&g.exit_layers);
+                    results[i] = Some(g);
+                }
             }
         }
         Ok(results.into_iter().flatten().collect())
@@ -257,6 +329,7 @@ impl<'a> Generator<'a> {
                 exit_layers: exits[..n].to_vec(),
                 num_tokens: n,
                 ended: end.is_some(),
+                source_truncated: false,
                 ids,
                 latency_ms,
             });

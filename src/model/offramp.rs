@@ -82,6 +82,10 @@ impl OffRamps {
     }
 }
 
+/// Most token rows one off-ramp decision pass holds logits for (`[vocab, rows]` f32: 206 MB
+/// at BART's vocabulary); larger inputs are processed in chunks of this many rows.
+pub(crate) const MAX_DECISION_ROWS: usize = 1024;
+
 /// Argmax ids (and entropies when `with_entropy`) of the off-ramp after `layer` for rows `h`
 /// `[rows, d]`: `[rows]` u32 and `[rows]` f32. On CPU the biased logits are never
 /// materialised (fused kernel); elsewhere candle ops are used.
@@ -92,6 +96,25 @@ pub fn offramp_decisions(
     with_entropy: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let (w, b) = ramps.projection(layer)?;
+    let rows = h.dim(0)?;
+    if rows > MAX_DECISION_ROWS {
+        // Bounded working set: `[vocab, rows]` logits for at most MAX_DECISION_ROWS tokens at
+        // a time (every row's result is independent of the others).
+        let mut ids = Vec::new();
+        let mut ents = Vec::new();
+        for start in (0..rows).step_by(MAX_DECISION_ROWS) {
+            let part = h.narrow(0, start, MAX_DECISION_ROWS.min(rows - start))?;
+            let (i, e) = offramp_decisions(ramps, layer, &part, with_entropy)?;
+            ids.push(i);
+            ents.extend(e);
+        }
+        let ent = if with_entropy {
+            Some(Tensor::cat(&ents, 0)?)
+        } else {
+            None
+        };
+        return Ok((Tensor::cat(&ids, 0)?, ent));
+    }
     if h.device().is_cpu() && h.dtype() == DType::F32 && h.dim(0)? > 0 {
         // `W h^T` `[vocab, rows]`: with the `[vocab, d]` table as the left operand candle's
         // gemm runs near its peak even for a few rows (`h W^T` packs the transposed table

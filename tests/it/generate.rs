@@ -626,3 +626,79 @@ fn bad_options_are_errors() {
     assert_eq!(g.max_source_len(), 4);
     assert_eq!(g.generate(&TEXTS).unwrap().len(), TEXTS.len());
 }
+
+/// Bounded memory: a large batch is cut into model calls of at most `max_batch_tokens`
+/// padded source tokens, and off-ramp decisions over more than 1,024 token rows run in
+/// chunks; neither changes a single output.
+#[test]
+fn token_budget_and_offramp_chunks_do_not_change_outputs() {
+    let model = load(&cg_dir());
+    let src = random_sources(21, 48, 128, 30);
+    for policy in cg_policies() {
+        let base = strip(&gen_ids(&model, config(32, policy.clone(), 1), &src));
+        // 48 x 32 = 1,536 slot rows in one call: the off-ramp runs in two chunks.
+        let big = strip(&gen_ids(&model, config(32, policy.clone(), 48), &src));
+        assert_eq!(big, base, "{} batch 48", policy.name());
+        let mut cfg = config(32, policy.clone(), 48);
+        cfg.max_batch_tokens = 40; // one or two sources per model call
+        let cut = strip(&gen_ids(&model, cfg, &src));
+        assert_eq!(cut, base, "{} max_batch_tokens 40", policy.name());
+    }
+    let mut cfg = config(8, ExitPolicy::LastLayer, 4);
+    cfg.max_batch_tokens = 0;
+    assert!(Generator::new(&model, cfg).is_err());
+}
+
+/// `generate_each` streams results in input order, window by window, equal to `generate`.
+#[test]
+fn generate_each_streams_in_input_order() {
+    let dir = tiny_dir();
+    let model = load(&dir);
+    let tok = tokenizer(&dir);
+    let texts: Vec<String> = (0..150)
+        .map(|i| TEXTS[i % TEXTS.len()].repeat(1 + i % 3))
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let all = gen_text(&model, &tok, config(16, ExitPolicy::LastLayer, 2), &refs);
+    let mut g = Generator::new(&model, config(16, ExitPolicy::LastLayer, 2))
+        .unwrap()
+        .with_tokenizer(&tok);
+    let mut seen = Vec::new();
+    let n = g
+        .generate_each(texts.iter().map(Ok::<_, Error>), |i, gen| {
+            assert_eq!(i, seen.len());
+            seen.push(gen);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(n, 150);
+    assert_eq!(strip(&seen), strip(&all));
+    // An error from the sink stops the run with that error.
+    let e = g
+        .generate_each(texts.iter().map(Ok::<_, Error>), |i, _| {
+            if i == 3 {
+                Err(Error::invalid_arg("sink", "full"))
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+    assert!(is_invalid(&e, "sink"), "{e}");
+}
+
+/// Sources longer than the position table are cut, and say so.
+#[test]
+fn truncated_sources_are_flagged() {
+    let dir = tiny_dir();
+    let model = load(&dir);
+    let tok = tokenizer(&dir);
+    let long = "word ".repeat(400);
+    let gs = gen_text(
+        &model,
+        &tok,
+        config(8, ExitPolicy::LastLayer, 2),
+        &["short one", &long],
+    );
+    assert!(!gs[0].source_truncated);
+    assert!(gs[1].source_truncated);
+}
