@@ -78,23 +78,35 @@ impl ModelDir {
             path: path.to_path_buf(),
             message: message.into(),
         };
-        if !path.is_dir() {
-            return Err(err("not a directory"));
+        // The real cause (permission denied, too many symlinks, ...) rather than a guess.
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(err("not a directory")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(err("not a directory (it does not exist)"))
+            }
+            Err(e) => return Err(Error::io(path, e)),
         }
+        // Listing the directory fails early, and clearly, when it is unreadable.
+        std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
         let config = path.join("config.json");
-        if !config.is_file() {
+        if !regular_file(&config)? {
             return Err(err("no config.json"));
         }
-        let (weights, format) = WEIGHT_FILES
-            .iter()
-            .map(|(name, f)| (path.join(name), *f))
-            .find(|(p, _)| p.is_file())
-            .ok_or_else(|| {
-                err(
-                    "no weights found (expected model.safetensors, model.safetensors.index.json, \
-                     pytorch_model.bin or pytorch_model.bin.index.json)",
-                )
-            })?;
+        let mut found = None;
+        for (name, f) in WEIGHT_FILES {
+            let p = path.join(name);
+            if regular_file(&p)? {
+                found = Some((p, f));
+                break;
+            }
+        }
+        let (weights, format) = found.ok_or_else(|| {
+            err(
+                "no weights found (expected model.safetensors, model.safetensors.index.json, \
+                 pytorch_model.bin or pytorch_model.bin.index.json)",
+            )
+        })?;
         Ok(Self {
             tokenizer: TokenizerFiles::find(path),
             path: path.to_path_buf(),
@@ -170,6 +182,21 @@ impl ModelDir {
                     .into(),
             }),
         }
+    }
+}
+
+/// Whether `p` is a regular file (following symlinks): `false` when absent; an error naming
+/// `p` when it exists but is not a regular file (a directory, a FIFO, a device) or cannot be
+/// inspected (permission denied, a symlink loop).
+fn regular_file(p: &Path) -> Result<bool> {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_file() => Ok(true),
+        Ok(_) => Err(Error::Checkpoint {
+            path: p.to_path_buf(),
+            message: "exists but is not a regular file".into(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(p, e)),
     }
 }
 

@@ -34,6 +34,54 @@ fn empty_or_missing_directory() {
     assert!(e.to_string().contains("not a directory"), "{e}");
 }
 
+/// Load errors give the real cause: a symlink loop, a FIFO or a directory where a file should
+/// be, an unreadable directory (these used to read "no config.json" / "no weights found").
+#[cfg(unix)]
+#[test]
+fn load_errors_name_the_real_cause() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    // Symlink loop.
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    symlink(&a, &b).unwrap();
+    symlink(&b, &a).unwrap();
+    let e = load_err(&a).to_string();
+    assert!(e.contains("symbolic links") || e.contains("symlink"), "{e}");
+    // A directory named model.safetensors.
+    let dir = tmp.path().join("m");
+    copy_dir(&model_dir("cg"), &dir);
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    std::fs::create_dir(dir.join("model.safetensors")).unwrap();
+    let e = load_err(&dir).to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a regular file"),
+        "{e}"
+    );
+    // A FIFO as config.json (never opened for reading, so nothing blocks).
+    let fifo_dir = tmp.path().join("f");
+    copy_dir(&model_dir("cg"), &fifo_dir);
+    std::fs::remove_file(fifo_dir.join("config.json")).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(fifo_dir.join("config.json"))
+        .status();
+    if made.is_ok_and(|s| s.success()) {
+        let e = load_err(&fifo_dir).to_string();
+        assert!(
+            e.contains("config.json") && e.contains("not a regular file"),
+            "{e}"
+        );
+    }
+    // An unreadable directory (root reads it anyway: then there is nothing to check).
+    let locked = tmp.path().join("locked");
+    copy_dir(&model_dir("cg"), &locked);
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    if std::fs::read_dir(&locked).is_err() {
+        let e = load_err(&locked).to_string();
+        assert!(e.contains("ermission denied"), "{e}");
+    }
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 #[test]
 fn truncated_weight_files_name_the_file() {
     for (src, file) in [("cg", "model.safetensors"), ("cg_bin", "pytorch_model.bin")] {
