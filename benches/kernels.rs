@@ -14,9 +14,9 @@ use std::hint::black_box;
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use elmer::model::fused::{bias_act_, masked_softmax_};
-use elmer::model::gemv::linear_few_rows;
-use elmer::model::kernels::argmax_entropy_cols;
+use elmer::__bench::argmax_entropy_cols;
+use elmer::__bench::linear_few_rows;
+use elmer::__bench::{bias_act_, masked_softmax_};
 use elmer::Activation;
 
 const VOCAB: usize = 50_265;

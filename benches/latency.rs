@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor, D};
 use criterion::{Criterion, SamplingMode, Throughput};
+use elmer::__bench::argmax_entropy_cols;
+use elmer::__bench::DecoderLayer;
+use elmer::__bench::KeyValue;
+use elmer::checkpoint::Weights;
 use elmer::checkpoint::{expected_tensors, TensorKind};
-use elmer::model::attention::KeyValue;
-use elmer::model::autoregressive::{generate_greedy_with, GreedyOptions};
-use elmer::model::decoder::DecoderLayer;
-use elmer::model::kernels::argmax_entropy_cols;
-use elmer::model::nn::Weights;
+use elmer::{generate_greedy_with, GreedyOptions};
 use elmer::{ElmerConfig, ElmerModel, ExitPolicy, Mode};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -169,7 +169,7 @@ fn policy(name: &str, batch: usize, slot: usize) -> ExitPolicy {
 /// Encode + NAR decode; returns the ids (read back, as a caller would).
 fn run_nar(model: &ElmerModel, ids: &Tensor, slot: usize, p: &ExitPolicy) -> Vec<Vec<u32>> {
     let enc = model.encode(ids, None).unwrap();
-    let out = model.generate_ids(&enc, slot, p.clone()).unwrap();
+    let out = model.decode_slot(&enc, slot, p.clone()).unwrap();
     out.ids.to_vec2().unwrap()
 }
 
@@ -554,7 +554,7 @@ fn timed_layer(
 /// ids `[n]`.
 fn timed_offramp(
     st: &mut Stages,
-    dec: &elmer::model::decoder::Decoder,
+    dec: &elmer::__bench::Decoder,
     layer: usize,
     rows: &Tensor,
     with_entropy: bool,
@@ -716,7 +716,7 @@ fn breakdown() {
             // The library's own path, end to end, and the ids it gives.
             let p = policy(name, 1, slot);
             let enc = s.model.encode(ids, None).unwrap();
-            let want = s.model.generate_ids(&enc, slot, p.clone()).unwrap();
+            let want = s.model.decode_slot(&enc, slot, p.clone()).unwrap();
             let want_ids = want.ids.to_vec2::<u32>().unwrap()[0].clone();
             let want_exits = want.exit_layers.to_vec2::<u32>().unwrap()[0].clone();
             let mut e2e = Duration::ZERO;

@@ -9,9 +9,9 @@
 //! ```
 
 use candle_core::Device;
-use elmer::train::lplm::{split_documents, tokenize_documents, LplmConfig, LplmObjective};
-use elmer::train::params::Params;
-use elmer::train::trainer::{TrainConfig, Trainer};
+use elmer::train::Params;
+use elmer::train::{split_documents, tokenize_documents, LplmConfig, LplmObjective};
+use elmer::train::{TrainConfig, Trainer};
 use elmer::{BartTokenizer, ElmerConfig};
 
 const TOKENIZER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/tokenizer/bart-base");

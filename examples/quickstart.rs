@@ -6,8 +6,8 @@
 //! cargo run --release --example quickstart
 //! ```
 
-use elmer::generate::{GenerationConfig, Generator};
 use elmer::{BartTokenizer, ElmerModel, ExitPolicy, LoadOptions};
+use elmer::{GenerationConfig, Generator};
 
 const SENTENCES: &[&str] = &[
     "the eiffel tower was completed in 1889 and was the tallest man-made structure in the world for 41 years .",

@@ -8,9 +8,9 @@
 //! cargo run --release --example squad
 //! ```
 
-use elmer::generate::{GenerationConfig, Generator};
 use elmer::metrics::{coco_bleu, coco_rouge_l_corpus, Meteor};
 use elmer::{BartTokenizer, ElmerModel, ExitPolicy, LoadOptions};
+use elmer::{GenerationConfig, Generator};
 
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/elmer-small-squadqg");
 

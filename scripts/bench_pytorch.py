@@ -21,7 +21,7 @@ positions) plus an ELMER `concat_head` (Linear 1536 -> 768, no bias). Batch 1, t
 - `src{S}_slot{T}/ar_greedy`: `generate(num_beams=1, do_sample=False,
   min_new_tokens=max_new_tokens=T)` (exactly T tokens, KV cache on).
 
-The NAR passes are written on transformers' BART modules as in scripts/make_model_fixtures.py
+The NAR passes are written on transformers' BART modules as in scripts/fixtures/make_model_fixtures.py
 (decoder self-attention is bidirectional: an explicit all-zero additive mask is passed, since
 with no mask the SDPA path would be causal). The crate's `nar_fixed` (sparse per-token exit
 schedule) has no PyTorch counterpart here: transformers' decoder layers cannot compute queries

@@ -298,10 +298,21 @@ impl ElmerConfig {
 
     /// Writes `config.json` atomically (temporary file + rename).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        crate::util::write_atomic(path.as_ref(), self.to_json_string()?.as_bytes())
+        crate::fs::write_atomic(path.as_ref(), self.to_json_string()?.as_bytes())
     }
 
-    /// The `<mask>` id filling the NAR decoder slot.
+    /// The special-token ids of the config (`unk` is not part of a BART config: `None`).
+    pub fn special_tokens(&self) -> crate::SpecialTokens {
+        crate::SpecialTokens {
+            bos: self.bos_token_id,
+            pad: self.pad_token_id,
+            eos: self.eos_token_id,
+            unk: None,
+            mask: self.mask_token_id(),
+        }
+    }
+
+    /// The `<mask>` id filling the decoder slot: `elmer_mask_token_id`, else `vocab_size - 1`.
     pub fn mask_token_id(&self) -> u32 {
         self.elmer_mask_token_id
             .unwrap_or(self.vocab_size.saturating_sub(1) as u32)
@@ -331,7 +342,20 @@ impl ElmerConfig {
         }
     }
 
-    /// Checks every field this crate relies on; the error names the field.
+    /// Largest accepted `d_model` (the FFN widths may be 4x this).
+    pub const MAX_WIDTH: usize = 65_536;
+    /// Largest accepted number of encoder or decoder layers.
+    pub const MAX_LAYERS: usize = 256;
+    /// Largest accepted number of attention heads.
+    pub const MAX_HEADS: usize = 1024;
+    /// Largest accepted `max_position_embeddings`.
+    pub const MAX_POSITIONS: usize = 1 << 20;
+    /// Largest accepted `vocab_size`.
+    pub const MAX_VOCAB: usize = 1 << 24;
+
+    /// Checks every field this crate relies on, including sanity bounds on sizes
+    /// ([`MAX_LAYERS`](Self::MAX_LAYERS) and the other `MAX_*` constants) that reject absurd
+    /// values before any allocation; the error names the field.
     pub fn validate(&self) -> Result<()> {
         if self.model_type != "bart" {
             return Err(Error::config(
@@ -352,6 +376,38 @@ impl ElmerConfig {
         ] {
             if v == 0 {
                 return Err(Error::config(field, "must be at least 1"));
+            }
+        }
+        // Sanity bounds, checked before anything is allocated from these numbers (a hostile
+        // config.json must not make the loader reserve gigabytes or overflow an offset).
+        for (field, v, max) in [
+            ("d_model", self.d_model, Self::MAX_WIDTH),
+            ("encoder_ffn_dim", self.encoder_ffn_dim, 4 * Self::MAX_WIDTH),
+            ("decoder_ffn_dim", self.decoder_ffn_dim, 4 * Self::MAX_WIDTH),
+            ("encoder_layers", self.encoder_layers, Self::MAX_LAYERS),
+            ("decoder_layers", self.decoder_layers, Self::MAX_LAYERS),
+            (
+                "encoder_attention_heads",
+                self.encoder_attention_heads,
+                Self::MAX_HEADS,
+            ),
+            (
+                "decoder_attention_heads",
+                self.decoder_attention_heads,
+                Self::MAX_HEADS,
+            ),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                Self::MAX_POSITIONS,
+            ),
+            ("vocab_size", self.vocab_size, Self::MAX_VOCAB),
+        ] {
+            if v > max {
+                return Err(Error::config(
+                    field,
+                    format!("{v} exceeds the sanity bound {max}"),
+                ));
             }
         }
         for (field, heads) in [

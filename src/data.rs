@@ -55,6 +55,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+pub use crate::fs::read_lines;
 
 /// Separator between the parts of a composed source text (answer / passage, persona /
 /// dialogue turns).
@@ -91,26 +92,23 @@ impl Dataset {
     }
 }
 
-/// Reads a file and splits it into UTF-8 lines (see the module doc for the line rules).
-fn read_lines(path: &Path) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let mut body: &[u8] = &bytes;
-    if body.is_empty() {
-        return Ok(Vec::new());
+/// Reads two files line by line that must have the same number of lines.
+fn read_parallel(src: &Path, tgt: &Path) -> Result<(Vec<String>, Vec<String>)> {
+    let sources = read_lines(src)?;
+    let targets = read_lines(tgt)?;
+    if sources.len() != targets.len() {
+        return Err(Error::invalid_arg(
+            "tgt",
+            format!(
+                "line counts differ: {} has {} lines, {} has {} lines",
+                src.display(),
+                sources.len(),
+                tgt.display(),
+                targets.len()
+            ),
+        ));
     }
-    if body.last() == Some(&b'\n') {
-        body = &body[..body.len() - 1];
-    }
-    let mut lines = Vec::new();
-    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let line = std::str::from_utf8(raw).map_err(|e| Error::Parse {
-            path: path.to_path_buf(),
-            message: format!("line {}: invalid UTF-8 ({e})", i + 1),
-        })?;
-        lines.push(line.to_owned());
-    }
-    Ok(lines)
+    Ok((sources, targets))
 }
 
 /// Collapses every run of whitespace to one space and trims the ends.
@@ -126,20 +124,7 @@ fn normalize_ws(s: &str) -> String {
 /// (after trimming) source or target is skipped and reported as `"{file}:{line}: empty
 /// source"`, `"{file}:{line}: empty target"` or `"{src}:{line}: empty source and target"`.
 pub fn read_line_pairs(src: &Path, tgt: &Path) -> Result<Dataset> {
-    let sources = read_lines(src)?;
-    let targets = read_lines(tgt)?;
-    if sources.len() != targets.len() {
-        return Err(Error::invalid_arg(
-            "tgt",
-            format!(
-                "line counts differ: {} has {} lines, {} has {} lines",
-                src.display(),
-                sources.len(),
-                tgt.display(),
-                targets.len()
-            ),
-        ));
-    }
+    let (sources, targets) = read_parallel(src, tgt)?;
     let mut ds = Dataset::default();
     for (i, (s, t)) in sources.iter().zip(&targets).enumerate() {
         let line = i + 1;
@@ -377,20 +362,7 @@ type PersonaLines = (Vec<PersonaLine>, Vec<String>);
 /// Parses the PersonaChat files into well-formed lines (in file order) and the
 /// skipped-line reports.
 fn personachat_lines(src: &Path, tgt: &Path) -> Result<PersonaLines> {
-    let sources = read_lines(src)?;
-    let targets = read_lines(tgt)?;
-    if sources.len() != targets.len() {
-        return Err(Error::invalid_arg(
-            "tgt",
-            format!(
-                "line counts differ: {} has {} lines, {} has {} lines",
-                src.display(),
-                sources.len(),
-                tgt.display(),
-                targets.len()
-            ),
-        ));
-    }
+    let (sources, targets) = read_parallel(src, tgt)?;
     let mut lines = Vec::with_capacity(sources.len());
     let mut skipped = Vec::new();
     for (i, (s, t)) in sources.iter().zip(&targets).enumerate() {

@@ -9,37 +9,72 @@
 //! ([`ExitPolicy::Fixed`], used by LPLM pre-training) or leave everything to the last layer
 //! ([`ExitPolicy::LastLayer`]).
 //!
-//! Modules:
-//! - [`config`] - the BART `config.json` plus ELMER options;
-//! - [`model`] - encoder, NAR decoder, off-ramps, exit policies;
-//! - [`checkpoint`] - loading (safetensors, sharded, `pytorch_model.bin`; both name layouts)
-//!   and saving in the Hugging Face layout; `hub` downloads (feature `hub`);
-//! - [`tokenizer`] - the BART byte-level BPE tokenizer;
-//! - [`generate`] - batched generation from text or ids, exit statistics;
-//! - [`metrics`] - ROUGE, BLEU, METEOR and Distinct, matched to the reference scorers.
+//! The API is flat: the model ([`ElmerModel`], [`ElmerConfig`], [`LoadOptions`]), decoding
+//! ([`ExitPolicy`], [`DecodeOptions`]), generation from text ([`Generator`],
+//! [`GenerationConfig`]), the AR baseline ([`generate_greedy`]), the tokenizer
+//! ([`BartTokenizer`]) and the error type. Three modules hold what only some users need:
+//! - [`checkpoint`]: loading details and saving in the Hugging Face layout;
+//! - [`train`]: LPLM pre-training and exit fine-tuning (losses, AdamW, the trainer);
+//! - [`data`]: readers for the paper's datasets;
+//! - [`metrics`] (feature `metrics`, on by default): ROUGE, BLEU, METEOR and Distinct,
+//!   matched to the reference scorers (the `elmer-metrics` crate).
+//!
+//! ```no_run
+//! use elmer::{BartTokenizer, ElmerModel, ExitPolicy, GenerationConfig, Generator, LoadOptions};
+//!
+//! let dir = "models/elmer-small-squadqg";
+//! let model = ElmerModel::from_dir(dir, &LoadOptions::default())?;
+//! let tok = BartTokenizer::from_dir(dir)?;
+//! let cfg = GenerationConfig { policy: "hard:0.5".parse::<ExitPolicy>()?, ..Default::default() };
+//! let mut gen = Generator::new(&model, cfg)?.with_tokenizer(&tok);
+//! for g in gen.generate(&["the eiffel tower was completed in 1889 ."])? {
+//!     println!("{} (exit layers {:?})", g.text, g.exit_layers);
+//! }
+//! # Ok::<(), elmer::Error>(())
+//! ```
+//!
+//! `ARCHITECTURE.md` in the repository maps the modules to the paper.
 
+mod batch;
 pub mod checkpoint;
-pub mod config;
+mod config;
 pub mod data;
-pub mod error;
-pub mod generate;
-#[cfg(feature = "hub")]
-pub mod hub;
+mod error;
+mod fs;
+mod generate;
+mod model;
+mod model_dir;
+mod nn;
+mod ops;
+mod special_tokens;
+mod tokenizer;
+pub mod train;
+
 #[cfg(feature = "metrics")]
 pub use elmer_metrics as metrics;
-pub mod model;
-pub mod tokenizer;
-pub mod train;
-pub mod util;
 
-/// Checkpoint directory used when a command is given no `--model`: the small ELMER model
-/// that ships with the crate (relative to the working directory).
-pub const DEFAULT_MODEL_DIR: &str = "models/elmer-small-squadqg";
-
+pub use batch::PaddedBatch;
 pub use checkpoint::{LoadOptions, LoadReport};
 pub use config::{Activation, ElmerConfig, OffRampKind};
 pub use error::{Error, Result};
+pub use generate::{
+    collapse_repeated_words, generate_greedy, generate_greedy_with, ExitStats, Generation,
+    GenerationConfig, Generator, GreedyOptions,
+};
 pub use model::exit::{DecodeOptions, DecoderOutput, ExitPolicy, SoftTeacher};
-pub use model::nn::Mode;
 pub use model::{ElmerModel, EncoderOutput};
-pub use tokenizer::BartTokenizer;
+pub use model_dir::{ModelDir, TokenizerFiles};
+pub use nn::Mode;
+pub use special_tokens::SpecialTokens;
+pub use tokenizer::{BartTokenizer, EncodedBatch};
+
+/// Internals reachable for the crate's own benchmarks (`benches/`): the CPU kernels and the
+/// decoder's layers. Not part of the supported API; may change in any release.
+#[doc(hidden)]
+pub mod __bench {
+    pub use crate::model::attention::KeyValue;
+    pub use crate::model::decoder::{Decoder, DecoderLayer};
+    pub use crate::ops::argmax_entropy::argmax_entropy_cols;
+    pub use crate::ops::fused::{bias_act_, masked_softmax_};
+    pub use crate::ops::gemv::linear_few_rows;
+}

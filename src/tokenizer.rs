@@ -38,6 +38,8 @@
 
 use std::path::Path;
 
+use crate::batch::PaddedBatch;
+use crate::model_dir::TokenizerFiles;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -82,20 +84,6 @@ pub struct EncodedBatch {
     pub ids: Vec<Vec<u32>>,
 }
 
-/// A right-padded batch in row-major layout, ready for a `[batch, seq_len]` tensor.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct PaddedBatch {
-    /// Token ids, flat row-major `[batch, seq_len]`; positions past a row's length hold the
-    /// pad id.
-    pub ids: Vec<u32>,
-    /// Attention mask, flat row-major `[batch, seq_len]`: `1` for real tokens, `0` for padding.
-    pub attention_mask: Vec<u32>,
-    /// Number of rows.
-    pub batch: usize,
-    /// Row length: the longest sequence in the batch.
-    pub seq_len: usize,
-}
-
 impl EncodedBatch {
     /// Number of sequences in the batch.
     pub fn len(&self) -> usize {
@@ -118,22 +106,7 @@ impl EncodedBatch {
     /// `[batch, seq_len]` (`seq_len` = longest sequence). An empty batch gives empty buffers
     /// with `batch = seq_len = 0`.
     pub fn padded(&self, pad_id: u32) -> PaddedBatch {
-        let batch = self.ids.len();
-        let seq_len = self.max_len();
-        let mut ids = Vec::with_capacity(batch * seq_len);
-        let mut attention_mask = Vec::with_capacity(batch * seq_len);
-        for row in &self.ids {
-            ids.extend_from_slice(row);
-            ids.resize(ids.len() + (seq_len - row.len()), pad_id);
-            attention_mask.resize(attention_mask.len() + row.len(), 1);
-            attention_mask.resize(attention_mask.len() + (seq_len - row.len()), 0);
-        }
-        PaddedBatch {
-            ids,
-            attention_mask,
-            batch,
-            seq_len,
-        }
+        PaddedBatch::new(&self.ids, pad_id)
     }
 }
 
@@ -210,27 +183,28 @@ impl BartTokenizer {
         if !dir.is_dir() {
             return Err(tok_err(Some(dir), "tokenizer directory not found"));
         }
-        let json = dir.join("tokenizer.json");
-        if json.is_file() {
-            return Self::from_tokenizer_json(json);
+        if let Some(files) = TokenizerFiles::find(dir) {
+            return Self::from_files_found(&files);
         }
-        let vocab = dir.join("vocab.json");
-        let merges = dir.join("merges.txt");
-        let missing: Vec<&str> = [("vocab.json", &vocab), ("merges.txt", &merges)]
+        let missing: Vec<&str> = ["vocab.json", "merges.txt"]
             .into_iter()
-            .filter(|(_, p)| !p.is_file())
-            .map(|(n, _)| n)
+            .filter(|n| !dir.join(n).is_file())
             .collect();
-        if !missing.is_empty() {
-            return Err(tok_err(
-                Some(dir),
-                format!(
-                    "no tokenizer.json, and missing {} (need tokenizer.json, or vocab.json + merges.txt)",
-                    missing.join(" and ")
-                ),
-            ));
+        Err(tok_err(
+            Some(dir),
+            format!(
+                "no tokenizer.json, and missing {} (need tokenizer.json, or vocab.json + merges.txt)",
+                missing.join(" and ")
+            ),
+        ))
+    }
+
+    /// Loads from files located by [`TokenizerFiles::find`] (or [`crate::ModelDir`]).
+    pub fn from_files_found(files: &TokenizerFiles) -> Result<Self> {
+        match files {
+            TokenizerFiles::Json(json) => Self::from_tokenizer_json(json),
+            TokenizerFiles::VocabMerges { vocab, merges } => Self::from_files(vocab, merges),
         }
-        Self::from_files(vocab, merges)
     }
 
     /// Builds the tokenizer from a GPT-2 style `vocab.json` and `merges.txt`, exactly as
@@ -346,6 +320,17 @@ impl BartTokenizer {
     /// The underlying [`tokenizers::Tokenizer`].
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
+    }
+
+    /// The special-token ids of this vocabulary.
+    pub fn special_tokens(&self) -> crate::SpecialTokens {
+        crate::SpecialTokens {
+            bos: self.bos_id,
+            pad: self.pad_id,
+            eos: self.eos_id,
+            unk: Some(self.unk_id),
+            mask: self.mask_id,
+        }
     }
 
     /// Id of `<s>` (0 for bart-base).
@@ -479,7 +464,7 @@ impl BartTokenizer {
     ///
     /// * `skip_special`: drop `<s> <pad> </s> <unk> <mask>` (else they appear verbatim);
     /// * `clean_up`: apply transformers' legacy `clean_up_tokenization` (see
-    ///   [`clean_up_tokenization`]), as transformers 4.x did with
+    ///   `clean_up_tokenization`), as transformers 4.x did with
     ///   `clean_up_tokenization_spaces=True`. It removes the space before `. , ? !` and in
     ///   front of `n't 'm 's 've 're` — also where the text had one, so it can change text.
     pub fn decode_with(&self, ids: &[u32], skip_special: bool, clean_up: bool) -> Result<String> {

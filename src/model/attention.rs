@@ -10,9 +10,10 @@
 
 use candle_core::Tensor;
 
-use super::fused;
-use super::nn::{dropout, softmax_last, Linear, Mode, Weights};
+use crate::checkpoint::Weights;
 use crate::error::Result;
+use crate::nn::{dropout, softmax_last, Linear, Mode};
+use crate::ops::fused;
 
 /// Keys and values of one attention layer, `[batch, heads, len, head_dim]` each.
 #[derive(Debug, Clone)]

@@ -7,8 +7,9 @@
 
 use candle_core::{DType, Tensor};
 
-use super::nn::{dropout, LayerNorm, Mode, Weights};
+use crate::checkpoint::Weights;
 use crate::error::{Error, Result};
+use crate::nn::{dropout, LayerNorm, Mode};
 
 /// Token + learned position embeddings with `layernorm_embedding`.
 #[derive(Debug, Clone)]
@@ -23,7 +24,7 @@ pub struct Embeddings {
 }
 
 /// BART's position offset.
-pub const POSITION_OFFSET: usize = 2;
+pub(crate) const POSITION_OFFSET: usize = 2;
 
 impl Embeddings {
     /// Loads `{prefix}.embed_positions.weight` and `{prefix}.layernorm_embedding`; `tokens` is
@@ -52,26 +53,6 @@ impl Embeddings {
         self.max_len
     }
 
-    /// The learned position table `[max_len + 2, d]` (row `p + 2` is position `p`).
-    pub fn positions(&self) -> &Tensor {
-        &self.positions
-    }
-
-    /// `layernorm_embedding`.
-    pub fn layer_norm(&self) -> &LayerNorm {
-        &self.layer_norm
-    }
-
-    /// Multiplier of the token vectors (`sqrt(d_model)` or 1).
-    pub fn scale(&self) -> f64 {
-        self.scale
-    }
-
-    /// The shared token table `[vocab, d]`.
-    pub fn tokens(&self) -> &Tensor {
-        &self.tokens
-    }
-
     /// Looks up token vectors `[batch, len, d]` for `ids` `[batch, len]` (no scale).
     pub fn lookup(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
@@ -85,9 +66,22 @@ impl Embeddings {
         self.tokens.index_select(&flat, 0)?.reshape((b, t, d))
     }
 
-    /// Embeds `ids` `[batch, len]` (u32) into `[batch, len, d]`.
+    /// Embeds `ids` `[batch, len]` (u32) at positions `0..len` into `[batch, len, d]`.
     pub fn forward(&self, ids: &Tensor, name: &str, mode: Mode) -> Result<Tensor> {
-        let (_, t) = ids.dims2()?;
+        self.forward_from(ids, 0, name, mode)
+    }
+
+    /// Embeds `ids` `[batch, len]` at positions `start..start + len` (an autoregressive step
+    /// embeds one token at its position).
+    pub fn forward_from(
+        &self,
+        ids: &Tensor,
+        start: usize,
+        name: &str,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (_, len) = ids.dims2()?;
+        let t = start + len;
         if t > self.max_len {
             return Err(Error::invalid_arg(
                 name,
@@ -103,7 +97,7 @@ impl Embeddings {
         } else {
             tok
         };
-        let pos = self.positions.narrow(0, POSITION_OFFSET, t)?;
+        let pos = self.positions.narrow(0, POSITION_OFFSET + start, len)?;
         let x = tok.broadcast_add(&pos)?;
         let x = self.layer_norm.forward(&x, mode)?;
         Ok(dropout(&x, self.dropout, mode)?)

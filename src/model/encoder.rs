@@ -8,37 +8,11 @@ use candle_core::Tensor;
 
 use super::attention::Attention;
 use super::embedding::Embeddings;
-use super::nn::{dropout, LayerNorm, Linear, Mode, Weights};
-use crate::config::{Activation, ElmerConfig};
+use super::feed_forward::FeedForward;
+use crate::checkpoint::Weights;
+use crate::config::ElmerConfig;
 use crate::error::Result;
-
-/// Position-wise feed-forward block `fc2(act(fc1(x)))` with activation dropout.
-#[derive(Debug, Clone)]
-pub struct FeedForward {
-    fc1: Linear,
-    fc2: Linear,
-    act: Activation,
-    activation_dropout: f64,
-}
-
-impl FeedForward {
-    /// Loads `{prefix}.fc1` and `{prefix}.fc2`.
-    pub fn load(w: &Weights, prefix: &str, cfg: &ElmerConfig) -> Result<Self> {
-        Ok(Self {
-            fc1: Linear::load(w, &format!("{prefix}.fc1"), true)?,
-            fc2: Linear::load(w, &format!("{prefix}.fc2"), true)?,
-            act: cfg.activation()?,
-            activation_dropout: cfg.activation_dropout,
-        })
-    }
-
-    /// `[.., d] -> [.., d]`.
-    pub fn forward(&self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
-        let h = self.fc1.forward_act(x, self.act)?;
-        let h = dropout(&h, self.activation_dropout, mode)?;
-        self.fc2.forward(&h)
-    }
-}
+use crate::nn::{dropout, LayerNorm, Mode};
 
 /// One post-norm encoder layer.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@
 //! let enc = model.encode(&ids, None)?; // encode once ...
 //! for policy in [ExitPolicy::LastLayer, ExitPolicy::Hard { threshold: 0.5 }] {
 //!     // ... decode many times: [batch, 32] ids and exit layers
-//!     let out = model.generate_ids(&enc, 32, policy)?;
+//!     let out = model.decode_slot(&enc, 32, policy)?;
 //!     println!("{:?} {:?}", out.ids.to_vec2::<u32>()?, out.exit_layers.to_vec2::<u32>()?);
 //! }
 //! # Ok::<(), elmer::Error>(())
@@ -19,29 +19,26 @@
 //! Shapes: source ids `[batch, S]` u32 with mask `[batch, S]` (1 keep, 0 pad), encoder states
 //! `[batch, S, d]`, target slot `[batch, T]`, logits `[batch, T, vocab]`.
 
-pub mod attention;
-pub mod autoregressive;
-pub mod decoder;
-pub mod embedding;
-pub mod encoder;
-pub mod exit;
-pub mod fused;
-pub mod gemv;
-pub mod kernels;
-pub mod nn;
-pub mod offramp;
+pub(crate) mod attention;
+pub(crate) mod decoder;
+pub(crate) mod embedding;
+pub(crate) mod encoder;
+pub(crate) mod exit;
+pub(crate) mod feed_forward;
+pub(crate) mod offramp;
 
 use std::borrow::Cow;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::checkpoint::Weights;
 use crate::config::ElmerConfig;
 use crate::error::{Error, Result};
+use crate::nn::{additive_padding_mask, Mode};
 use attention::KeyValue;
 use decoder::{Decoder, EncoderSide};
 use encoder::Encoder;
 use exit::{DecodeOptions, DecoderOutput, ExitPolicy};
-use nn::{additive_padding_mask, Mode, Weights};
 
 /// The encoder's output, reusable across decoder calls ("encode once, decode many").
 #[derive(Debug, Clone)]
@@ -52,7 +49,7 @@ pub struct EncoderOutput {
     pub mask: Option<Tensor>,
     /// Cross-attention keys/values per decoder layer, when cached with
     /// [`ElmerModel::cache_cross_attention`].
-    cross: Option<Vec<KeyValue>>,
+    pub(crate) cross: Option<Vec<KeyValue>>,
 }
 
 impl EncoderOutput {
@@ -125,7 +122,9 @@ impl ElmerModel {
         self.decoder.has_concat_head()
     }
 
-    /// The decoder (layers and off-ramps).
+    /// The decoder's layers and off-ramps, for the stage breakdown of `benches/latency.rs`;
+    /// not part of the supported API.
+    #[doc(hidden)]
     pub fn decoder(&self) -> &Decoder {
         &self.decoder
     }
@@ -214,7 +213,9 @@ impl ElmerModel {
         self.encode_with_mode(input_ids, attention_mask, Mode::Eval)
     }
 
-    /// [`encode`](Self::encode) in an explicit [`Mode`] (training enables dropout).
+    /// [`encode`](Self::encode) in an explicit [`Mode`] (training enables dropout): what the
+    /// losses of [`crate::train`] call. Not part of the supported API.
+    #[doc(hidden)]
     pub fn encode_with_mode(
         &self,
         input_ids: &Tensor,
@@ -238,7 +239,7 @@ impl ElmerModel {
         Ok(())
     }
 
-    fn cross_kv(&self, hidden: &Tensor) -> Result<Vec<KeyValue>> {
+    pub(crate) fn cross_kv(&self, hidden: &Tensor) -> Result<Vec<KeyValue>> {
         Ok(self
             .decoder
             .layers()
@@ -314,7 +315,9 @@ impl ElmerModel {
         Ok((ids, self_mask, cross))
     }
 
-    /// [`decode`](Self::decode) in an explicit [`Mode`].
+    /// [`decode`](Self::decode) in an explicit [`Mode`]: what the losses of [`crate::train`]
+    /// call. Not part of the supported API.
+    #[doc(hidden)]
     pub fn decode_with_mode(
         &self,
         enc: &EncoderOutput,
@@ -334,7 +337,9 @@ impl ElmerModel {
     }
 
     /// Training helper: each token's decoder state at its fixed exit layer, `[batch, T, d]`
-    /// (the dense LPLM pass, differentiable; copies detached when configured).
+    /// (the dense LPLM pass, differentiable; copies detached when configured). Used by the
+    /// LPLM loss; not part of the supported API.
+    #[doc(hidden)]
     pub fn fixed_exit_hidden(
         &self,
         enc: &EncoderOutput,
@@ -363,9 +368,27 @@ impl ElmerModel {
             .0)
     }
 
+    /// One step of the autoregressive baseline ([`crate::generate_greedy`]): `ids`
+    /// `[batch, 1]` at position `pos`, causal self-attention over `cache` (one per layer,
+    /// grown by one position), cross-attention over `cross`. Returns logits `[batch, vocab]`.
+    pub(crate) fn ar_step(
+        &self,
+        ids: &Tensor,
+        pos: usize,
+        cache: &mut [candle_nn::kv_cache::KvCache],
+        enc: &EncoderOutput,
+        cross: &[KeyValue],
+    ) -> Result<Tensor> {
+        let side = EncoderSide {
+            mask: enc.mask.as_ref(),
+            cross,
+        };
+        self.decoder.ar_step(ids, pos, cache, &side)
+    }
+
     /// Decodes a fresh slot of `target_len` (`[<s>, <mask>...]`) for every example of `enc`
     /// with `policy`, returning ids and exit layers `[batch, target_len]`.
-    pub fn generate_ids(
+    pub fn decode_slot(
         &self,
         enc: &EncoderOutput,
         target_len: usize,
@@ -374,15 +397,4 @@ impl ElmerModel {
         let slot = self.slot_input(enc.batch_size(), target_len)?;
         self.decode(enc, &slot, None, &DecodeOptions::new(policy))
     }
-}
-
-/// Largest absolute elementwise difference of two same-shaped tensors (unit tests).
-#[cfg(test)]
-pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .and_then(|d| d.abs())
-        .and_then(|d| d.flatten_all())
-        .and_then(|d| d.max(0))
-        .and_then(|d| d.to_scalar::<f32>())
-        .expect("tensors of the same shape")
 }

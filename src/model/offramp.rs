@@ -10,9 +10,10 @@
 
 use candle_core::{DType, Tensor, D};
 
-use super::nn::{Linear, Weights};
+use crate::checkpoint::Weights;
 use crate::config::{ElmerConfig, OffRampKind};
 use crate::error::{Error, Result};
+use crate::nn::Linear;
 
 /// The decoder's off-ramps, one per layer (possibly all the same projection).
 #[derive(Debug, Clone)]
@@ -52,18 +53,23 @@ impl OffRamps {
         self.kind
     }
 
-    /// The projection `[vocab, d]` and bias `[vocab]` of the off-ramp after `layer` (1-based).
-    pub fn projection(&self, layer: usize) -> Result<(&Tensor, &Tensor)> {
+    /// The off-ramp after `layer` (1-based, 1..=L).
+    fn ramp(&self, layer: usize) -> Result<&Linear> {
         if layer == 0 || layer > self.num_layers {
             return Err(Error::invalid_arg(
                 "layer",
                 format!("off-ramp layer {layer} is outside 1..={}", self.num_layers),
             ));
         }
-        let ramp = match self.kind {
+        Ok(match self.kind {
             OffRampKind::Shared => &self.shared,
             OffRampKind::PerLayer => &self.per_layer[layer - 1],
-        };
+        })
+    }
+
+    /// The projection `[vocab, d]` and bias `[vocab]` of the off-ramp after `layer` (1-based).
+    pub fn projection(&self, layer: usize) -> Result<(&Tensor, &Tensor)> {
+        let ramp = self.ramp(layer)?;
         let bias = ramp
             .bias()
             .ok_or_else(|| Error::Unsupported("off-ramp without bias".into()))?;
@@ -72,19 +78,13 @@ impl OffRamps {
 
     /// Logits `[.., vocab]` of the off-ramp after layer `layer` (1-based, 1..=L) for `h` `[.., d]`.
     pub fn logits(&self, layer: usize, h: &Tensor) -> Result<Tensor> {
-        if layer == 0 || layer > self.num_layers {
-            return Err(Error::invalid_arg(
-                "layer",
-                format!("off-ramp layer {layer} is outside 1..={}", self.num_layers),
-            ));
-        }
-        let ramp = match self.kind {
-            OffRampKind::Shared => &self.shared,
-            OffRampKind::PerLayer => &self.per_layer[layer - 1],
-        };
-        Ok(ramp.forward(h)?)
+        Ok(self.ramp(layer)?.forward(h)?)
     }
 }
+
+/// Most token rows one off-ramp decision pass holds logits for (`[vocab, rows]` f32: 206 MB
+/// at BART's vocabulary); larger inputs are processed in chunks of this many rows.
+pub(crate) const MAX_DECISION_ROWS: usize = 1024;
 
 /// Argmax ids (and entropies when `with_entropy`) of the off-ramp after `layer` for rows `h`
 /// `[rows, d]`: `[rows]` u32 and `[rows]` f32. On CPU the biased logits are never
@@ -96,15 +96,36 @@ pub fn offramp_decisions(
     with_entropy: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let (w, b) = ramps.projection(layer)?;
+    let rows = h.dim(0)?;
+    if rows > MAX_DECISION_ROWS {
+        // Bounded working set: `[vocab, rows]` logits for at most MAX_DECISION_ROWS tokens at
+        // a time (every row's result is independent of the others).
+        let mut ids = Vec::new();
+        let mut ents = Vec::new();
+        for start in (0..rows).step_by(MAX_DECISION_ROWS) {
+            let part = h.narrow(0, start, MAX_DECISION_ROWS.min(rows - start))?;
+            let (i, e) = offramp_decisions(ramps, layer, &part, with_entropy)?;
+            ids.push(i);
+            ents.extend(e);
+        }
+        let ent = if with_entropy {
+            Some(Tensor::cat(&ents, 0)?)
+        } else {
+            None
+        };
+        return Ok((Tensor::cat(&ids, 0)?, ent));
+    }
     if h.device().is_cpu() && h.dtype() == DType::F32 && h.dim(0)? > 0 {
         // `W h^T` `[vocab, rows]`: with the `[vocab, d]` table as the left operand candle's
         // gemm runs near its peak even for a few rows (`h W^T` packs the transposed table
         // on every call: 1.5-2x slower at 32-64 rows).
-        let raw_t = match super::gemv::matmul_t_output_major(h, w)? {
+        let raw_t = match crate::ops::gemv::matmul_t_output_major(h, w)? {
             Some(t) => t, // a few rows: streaming matrix-vector kernel
             None => w.matmul(&h.t()?)?,
         };
-        if let Some((ids, ent)) = super::kernels::argmax_entropy_cols(&raw_t, b, with_entropy)? {
+        if let Some((ids, ent)) =
+            crate::ops::argmax_entropy::argmax_entropy_cols(&raw_t, b, with_entropy)?
+        {
             return Ok((ids, ent));
         }
     }

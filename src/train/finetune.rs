@@ -22,8 +22,8 @@ use super::trainer::{MicroLoss, Objective};
 use crate::config::ElmerConfig;
 use crate::data::Example;
 use crate::error::{Error, Result};
-use crate::model::nn::Mode;
 use crate::model::ElmerModel;
+use crate::nn::Mode;
 use crate::tokenizer::BartTokenizer;
 
 /// Which exit the model is fine-tuned for.

@@ -14,10 +14,11 @@
 
 use candle_core::{DType, Tensor, D};
 
+use crate::batch::PaddedBatch;
 use crate::error::{Error, Result};
 use crate::model::exit::{DecodeOptions, ExitPolicy, SoftTeacher};
-use crate::model::nn::Mode;
 use crate::model::{ElmerModel, EncoderOutput};
+use crate::nn::Mode;
 
 /// One training batch: sources, decoder slots and labels, all right-padded.
 #[derive(Debug, Clone)]
@@ -68,36 +69,32 @@ impl Batch {
                 "empty source or label sequence",
             ));
         }
-        let mut ids = Vec::with_capacity(b * s);
-        let mut mask = Vec::with_capacity(b * s);
-        let mut dec = Vec::with_capacity(b * t);
-        let mut dmask = Vec::with_capacity(b * t);
-        let mut lab = Vec::with_capacity(b * t);
-        let (mut n_src, mut n_tgt) = (0, 0);
-        for (src, l) in sources.iter().zip(labels) {
-            n_src += src.len();
-            ids.extend_from_slice(src);
-            ids.extend(std::iter::repeat_n(pad, s - src.len()));
-            mask.extend(std::iter::repeat_n(1u32, src.len()));
-            mask.extend(std::iter::repeat_n(0u32, s - src.len()));
-            for j in 0..t {
-                let real = j < l.len();
-                dec.push(match (real, j) {
-                    (false, _) => pad,
-                    (true, 0) => model_cfg.bos_token_id,
-                    (true, _) => model_cfg.mask_token_id(),
-                });
-                dmask.push(real as u32);
-                lab.push(if real { l[j] } else { pad });
+        let src = PaddedBatch::new(sources, pad);
+        let lab = PaddedBatch::new(labels, pad);
+        // Decoder slot: `<s>` then `<mask>`s over each label row, `<pad>` past it.
+        let slot = |j: usize| {
+            if j == 0 {
+                model_cfg.bos_token_id
+            } else {
+                model_cfg.mask_token_id()
             }
-            n_tgt += l.iter().filter(|&&x| x != pad).count();
-        }
+        };
+        let dec: Vec<u32> = lab
+            .attention_mask
+            .iter()
+            .enumerate()
+            .map(|(k, &real)| if real == 1 { slot(k % t) } else { pad })
+            .collect();
+        let n_src: usize = sources.iter().map(Vec::len).sum();
+        let n_tgt = labels.iter().flatten().filter(|&&x| x != pad).count();
+        let (input_ids, attention_mask) = src.to_tensors(device)?;
+        let (labels_t, decoder_attention_mask) = lab.to_tensors(device)?;
         Ok(Self {
-            input_ids: Tensor::from_vec(ids, (b, s), device)?,
-            attention_mask: Tensor::from_vec(mask, (b, s), device)?,
+            input_ids,
+            attention_mask,
             decoder_input_ids: Tensor::from_vec(dec, (b, t), device)?,
-            decoder_attention_mask: Tensor::from_vec(dmask, (b, t), device)?,
-            labels: Tensor::from_vec(lab, (b, t), device)?,
+            decoder_attention_mask,
+            labels: labels_t,
             num_target_tokens: n_tgt,
             num_source_tokens: n_src,
         })
@@ -120,7 +117,7 @@ pub fn masked_nll_sum(logits: &Tensor, labels: &Tensor, pad_id: u32) -> Result<(
     let labels = labels.to_dtype(DType::U32)?;
     let (b, t, v) = logits.dims3()?;
     // Fused CPU kernel (one pass per row, all cores); composed ops elsewhere.
-    if let Some(nll) = crate::model::kernels::cross_entropy_rows(
+    if let Some(nll) = crate::ops::cross_entropy::cross_entropy_rows(
         &logits.reshape((b * t, v))?,
         &labels.flatten_all()?,
         pad_id,
@@ -190,7 +187,8 @@ fn offramp_nll_mean(model: &ElmerModel, layer: usize, rows: &Tensor, y: &Tensor)
     let (w, bias) = model.decoder().offramps().projection(layer)?;
     let logits = rows.matmul(&w.t()?)?;
     let n = rows.dim(0)? as f64;
-    let nll = match crate::model::kernels::cross_entropy_rows_with_bias(&logits, y, bias, pad)? {
+    let nll = match crate::ops::cross_entropy::cross_entropy_rows_with_bias(&logits, y, bias, pad)?
+    {
         Some(nll) => nll,
         None => {
             let logp = candle_nn::ops::log_softmax(

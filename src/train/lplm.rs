@@ -16,14 +16,15 @@ use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 
-use super::corruption::{word_starts_from_tokens, CorruptionConfig, Corruptor, SpecialTokenIds};
+use super::corruption::{word_starts_from_tokens, CorruptionConfig, Corruptor};
 use super::loss::{lplm_loss, Batch};
 use super::trainer::{MicroLoss, Objective};
 use crate::error::{Error, Result};
 use crate::model::exit::{DecodeOptions, ExitPolicy};
-use crate::model::nn::Mode;
 use crate::model::ElmerModel;
+use crate::nn::Mode;
 use crate::tokenizer::BartTokenizer;
+use crate::SpecialTokens;
 
 /// One tokenised chunk: framed ids and word-start flags.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,12 +184,9 @@ impl LplmObjective {
                 "batch sizes and k must be at least 1",
             ));
         }
-        let special = SpecialTokenIds {
-            bos: model_cfg.bos_token_id,
-            eos: model_cfg.eos_token_id,
-            pad: model_cfg.pad_token_id,
-            mask: model_cfg.mask_token_id(),
-            extra: vec![3],
+        let special = SpecialTokens {
+            unk: Some(3),
+            ..model_cfg.special_tokens()
         };
         let corruptor = Corruptor::new(
             cfg.corruption.clone(),

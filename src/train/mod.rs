@@ -1,17 +1,29 @@
 //! Training: LPLM pre-training (paper sections 3.3 and 4.2) and exit fine-tuning.
 //!
-//! - [`corruption`]: BART-style sentence shuffling and Poisson-span text infilling;
+//! - `corruption`: BART-style sentence shuffling and Poisson-span text infilling;
 //! - [`loss`]: LPLM, soft-exit, deep-supervision and last-layer losses (pads ignored);
-//! - [`params`]: trainable parameters (initialisation, loading, saving);
-//! - [`optim`]: AdamW with linear warm-up/decay and global-norm clipping;
-//! - [`trainer`]: the training loop (accumulation, validation, atomic checkpoints, resume);
-//! - [`lplm`]: the pre-training corpus and objective;
-//! - [`finetune`]: soft / hard / last-layer fine-tuning on (source, target) pairs.
+//! - `params`: trainable parameters (initialisation, loading, saving);
+//! - `optim`: AdamW with linear warm-up/decay and global-norm clipping;
+//! - `trainer`: the training loop (accumulation, validation, atomic checkpoints, resume);
+//! - `lplm`: the pre-training corpus and objective;
+//! - `finetune`: soft / hard / last-layer fine-tuning on (source, target) pairs.
 
-pub mod corruption;
-pub mod finetune;
+mod corruption;
+mod finetune;
 pub mod loss;
-pub mod lplm;
-pub mod optim;
-pub mod params;
-pub mod trainer;
+mod lplm;
+mod optim;
+mod params;
+mod trainer;
+
+pub use corruption::{word_starts_from_tokens, Corrupted, CorruptionConfig, Corruptor};
+pub use finetune::{tokenize_pairs, FinetuneMode, FinetuneObjective, Pair};
+pub use loss::Batch;
+pub use lplm::{
+    read_documents, split_documents, tokenize_documents, Document, LplmConfig, LplmObjective,
+};
+pub use optim::{clip_grad_norm, global_norm, AdamW, AdamWConfig, LinearSchedule};
+pub use params::Params;
+pub use trainer::{
+    LogEntry, MicroLoss, Objective, StepProgress, TrainConfig, TrainSummary, Trainer, TrainerState,
+};

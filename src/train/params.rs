@@ -14,10 +14,10 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
+use crate::checkpoint::Weights;
 use crate::checkpoint::{expected_tensors, load_dir, save_dir, LoadOptions, TensorKind};
 use crate::config::ElmerConfig;
 use crate::error::{Error, Result};
-use crate::model::nn::Weights;
 use crate::model::ElmerModel;
 
 /// The model's parameters as trainable variables.

@@ -26,11 +26,11 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::nn::Mode;
+use crate::fs::write_atomic;
 use crate::model::ElmerModel;
+use crate::nn::Mode;
 use crate::train::optim::{clip_grad_norm, AdamW, AdamWConfig, LinearSchedule};
 use crate::train::params::Params;
-use crate::util::write_atomic;
 
 /// Loss of one micro-batch.
 pub struct MicroLoss {
@@ -175,8 +175,11 @@ pub struct Trainer {
     /// summary at `INFO`, every `log_every`-th step at `DEBUG`. Nothing is printed unless the
     /// program installs a `tracing` subscriber.
     pub verbose: bool,
-    progress: Option<Box<dyn FnMut(&StepProgress<'_>)>>,
+    progress: Option<ProgressFn>,
 }
+
+/// The progress callback of a [`Trainer`].
+type ProgressFn = Box<dyn FnMut(&StepProgress<'_>)>;
 
 /// What a [`Trainer`] reports to its [progress callback](Trainer::set_progress) after every
 /// optimizer step.
@@ -262,6 +265,7 @@ impl Trainer {
     /// Restores weights, optimizer moments and state from `out_dir/latest` when present;
     /// returns the step resumed from (0 when there is no checkpoint).
     pub fn resume(&mut self) -> Result<usize> {
+        self.clean_out_dir()?;
         let Some(dir) = Self::latest_checkpoint(&self.config.out_dir) else {
             return Ok(0);
         };
@@ -325,10 +329,7 @@ impl Trainer {
         })?;
         write_atomic(&tmp.join("trainer_state.json"), state.as_bytes())?;
         let dst = out.join(&name);
-        if dst.exists() {
-            std::fs::remove_dir_all(&dst).map_err(|e| Error::io(&dst, e))?;
-        }
-        std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+        crate::fs::replace_dir(&tmp, &dst)?;
         write_atomic(&out.join("latest"), name.as_bytes())?;
         self.prune_checkpoints()?;
         Ok(dst)
@@ -362,11 +363,30 @@ impl Trainer {
             std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
         self.params.save(&tmp)?;
-        let best = out.join("best");
-        if best.exists() {
-            std::fs::remove_dir_all(&best).map_err(|e| Error::io(&best, e))?;
+        crate::fs::replace_dir(&tmp, &out.join("best"))
+    }
+
+    /// Cleans `out_dir` after an interrupted run: temporary checkpoint directories
+    /// (`.tmp-*`) are deleted and a half-replaced `best/` or checkpoint is restored.
+    fn clean_out_dir(&self) -> Result<()> {
+        let out = &self.config.out_dir;
+        let Ok(entries) = std::fs::read_dir(out) else {
+            return Ok(()); // not created yet
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(out, e))?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
         }
-        std::fs::rename(&tmp, &best).map_err(|e| Error::io(&best, e))
+        for name in &names {
+            let p = out.join(name);
+            if name.starts_with(".tmp-") && p.is_dir() {
+                std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+            } else if let Some(orig) = name.strip_prefix(".old-") {
+                crate::fs::recover_dir(&out.join(orig))?;
+            }
+        }
+        Ok(())
     }
 
     fn evaluate(&mut self, obj: &dyn Objective) -> Result<f64> {
@@ -464,6 +484,7 @@ impl Trainer {
     pub fn run_until(&mut self, obj: &dyn Objective, stop: usize) -> Result<TrainSummary> {
         let stop = stop.min(self.config.steps);
         let resumed_from = self.state.step;
+        self.clean_out_dir()?;
         let schedule = LinearSchedule {
             peak: self.config.lr,
             warmup: self.config.warmup_steps,

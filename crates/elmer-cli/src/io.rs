@@ -42,9 +42,9 @@ pub fn default_tokenizer_dir() -> PathBuf {
     here_or_repo(TOKENIZER_DIR, REPO_TOKENIZER_DIR)
 }
 
-/// Reads input lines (a file, or stdin when `None`) as UTF-8, naming the line that is not;
-/// a trailing `\r` is dropped.
-pub fn read_lines(input: Option<&Path>) -> Result<Vec<String>> {
+/// Input lines (a file, or stdin when `None`) as UTF-8, one at a time, naming the line that
+/// is not UTF-8; a trailing `\r` is dropped.
+pub fn lines(input: Option<&Path>) -> Result<impl Iterator<Item = Result<String>>> {
     let name = input.map_or("<stdin>".to_string(), |p| p.display().to_string());
     let reader: Box<dyn BufRead> = match input {
         Some(p) => Box::new(std::io::BufReader::new(
@@ -52,19 +52,21 @@ pub fn read_lines(input: Option<&Path>) -> Result<Vec<String>> {
         )),
         None => Box::new(std::io::stdin().lock()),
     };
-    let mut lines = Vec::new();
-    for (i, line) in reader.split(b'\n').enumerate() {
+    Ok(reader.split(b'\n').enumerate().map(move |(i, line)| {
         let mut bytes = line.map_err(|e| Error::io(&name, e))?;
         if bytes.last() == Some(&b'\r') {
             bytes.pop();
         }
-        let text = String::from_utf8(bytes).map_err(|_| Error::Parse {
+        String::from_utf8(bytes).map_err(|_| Error::Parse {
             path: name.clone().into(),
             message: format!("line {} is not valid UTF-8", i + 1),
-        })?;
-        lines.push(text);
-    }
-    Ok(lines)
+        })
+    }))
+}
+
+/// All input lines (see [`lines`]).
+pub fn read_lines(input: Option<&Path>) -> Result<Vec<String>> {
+    lines(input)?.collect()
 }
 
 /// Buffered stdout; write errors name `<stdout>`.
@@ -192,10 +194,19 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<ElmerModel> {
     Ok(m)
 }
 
-/// One line, whatever the error's message holds.
+/// One line, whatever the error's message holds: a backtrace that candle appends when
+/// `RUST_BACKTRACE` is set is dropped, the remaining lines are joined with `; `.
 pub fn one_line(e: &Error) -> String {
+    let is_frame = |l: &str| {
+        let t = l.trim_start();
+        t == "stack backtrace:"
+            || t.starts_with("at ")
+            || t.split_once(": ")
+                .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
     e.to_string()
         .lines()
+        .take_while(|l| !is_frame(l))
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()

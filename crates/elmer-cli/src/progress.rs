@@ -35,6 +35,16 @@ pub fn bar(len: usize, prefix: &str) -> ProgressBar {
     )
 }
 
+/// A counter of items when their number is not known in advance (`prefix pos msg (elapsed,
+/// rate)`), e.g. lines read from stdin.
+pub fn counter(prefix: &str) -> ProgressBar {
+    add(
+        ProgressBar::no_length(),
+        "{prefix} {pos} lines {msg} ({elapsed}, {per_sec})",
+        prefix,
+    )
+}
+
 /// A bar over training steps; [`train_message`] fills its message.
 pub fn train_bar(total_steps: usize, prefix: &str) -> ProgressBar {
     add(
@@ -45,7 +55,7 @@ pub fn train_bar(total_steps: usize, prefix: &str) -> ProgressBar {
 }
 
 /// The training bar's message: loss, tokens/s, ETA (the trainer's estimate).
-pub fn train_message(p: &elmer::train::trainer::StepProgress<'_>) -> String {
+pub fn train_message(p: &elmer::train::StepProgress<'_>) -> String {
     let eval = p
         .entry
         .eval_loss

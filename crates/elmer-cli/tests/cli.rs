@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use candle_core::{Device, Tensor};
-use elmer::generate::{GenerationConfig, Generator};
 use elmer::metrics::{score_all, score_all_with, Meteor};
 use elmer::{BartTokenizer, ElmerModel, ExitPolicy, LoadOptions};
+use elmer::{GenerationConfig, Generator};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -1186,4 +1186,133 @@ fn score_meteor_jar_uses_the_jars_tables() {
         args.extend_from_slice(other);
         assert_eq!(elmer(&args, None).status.code(), Some(2), "{other:?}");
     }
+}
+
+/// Output errors (a closed pipe, a full disk) give one line and exit 1 in every subcommand
+/// that writes to stdout (`inspect ... | head -1` used to panic with "failed printing to
+/// stdout"; with stdout closed `generate` used to exit 0 and lose its output).
+#[cfg(unix)]
+#[test]
+fn output_errors_are_one_line_and_exit_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = lines_file(tmp.path(), "in.txt", &LINES);
+    let hyp = lines_file(tmp.path(), "hyp.txt", &LINES);
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["inspect", "--model", TINY, "--json"],
+        vec!["inspect", "--model", TINY],
+        vec![
+            "score",
+            "--hyp",
+            &hyp,
+            "--ref",
+            &hyp,
+            "--json",
+            "--no-meteor",
+        ],
+        vec!["score", "--hyp", &hyp, "--ref", &hyp, "--no-meteor"],
+        vec!["generate", "--model", TINY, "--input", &input],
+        vec!["tokenize", "--tokenizer", TINY, "--input", &input],
+    ];
+    for args in &cases {
+        // A full disk.
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full");
+        if let Ok(full) = full {
+            let o = Command::new(env!("CARGO_BIN_EXE_elmer"))
+                .args(args)
+                .current_dir(root())
+                .env_remove("RUST_LOG")
+                .stdout(Stdio::from(full))
+                .stderr(Stdio::piped())
+                .output()
+                .unwrap();
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+            assert!(
+                err.starts_with("error:") && err.contains("<stdout>"),
+                "{args:?}: {err}"
+            );
+        }
+        // A reader that has gone away.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_elmer"))
+            .args(args)
+            .current_dir(root())
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error:"), "{args:?}: {err}");
+    }
+}
+
+/// The one-line error stays one line whatever `RUST_BACKTRACE` says.
+#[test]
+fn errors_stay_one_line_with_rust_backtrace() {
+    for bt in ["1", "full"] {
+        for extra in [
+            vec!["--model", TINY, "--device", "cuda:0"],
+            vec!["--model", "/nonexistent/dir"],
+        ] {
+            let mut args = vec!["generate"];
+            args.extend(extra);
+            let o = elmer_in(&root(), &[("RUST_BACKTRACE", bt)], &args, Some(b"hello\n"));
+            fails(o);
+        }
+    }
+}
+
+/// `generate` streams: the outputs of the first window of lines are on stdout while stdin is
+/// still open (so a killed run keeps what was done, and memory stays flat on long inputs);
+/// and long sources are cut with a warning and a count.
+#[test]
+fn generate_streams_and_reports_truncation() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_elmer"))
+        .args(["generate", "--model", TINY, "--batch-size", "2"])
+        .current_dir(root())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // --batch-size 2: windows of 64 lines.
+    for i in 0..64 {
+        writeln!(stdin, "{} {i}", LINES[i % LINES.len()]).unwrap();
+    }
+    stdin.flush().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(out);
+        let mut got = Vec::new();
+        for _ in 0..64 {
+            let mut l = String::new();
+            r.read_line(&mut l).unwrap();
+            got.push(l);
+        }
+        tx.send((got, r)).unwrap();
+    });
+    let (got, mut rest) = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("no output before the end of the input: generate does not stream");
+    assert_eq!(got.len(), 64);
+    let long = "word ".repeat(300);
+    writeln!(stdin, "{long}").unwrap();
+    drop(stdin);
+    let mut last = String::new();
+    std::io::Read::read_to_string(&mut rest, &mut last).unwrap();
+    assert_eq!(last.lines().count(), 1);
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("input line 65 has"), "{err}");
+    assert!(err.contains("1 input line(s) were longer"), "{err}");
 }

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use elmer::data::Example;
-use elmer::generate::{ExitStats, GenerationConfig, Generator};
 use elmer::{BartTokenizer, ElmerModel, ExitPolicy, LoadOptions, Result};
+use elmer::{ExitStats, GenerationConfig, Generator};
 
 use crate::io::{self, NoTokenizer};
 use crate::progress;
@@ -201,13 +201,14 @@ pub fn evaluate(
             batch_size: opts.gen_batch_size,
             max_source_len: Some(max_src),
             collapse_repeats: false,
+            ..GenerationConfig::default()
         };
         let (hyps, stats, latency) =
             generate_all(&model, &tok, &sources, cfg, opts.latency_samples)?;
         if i == 0 {
             if let Some(path) = &opts.output {
                 let text = hyps.join("\n") + "\n";
-                elmer::util::write_atomic(path, text.as_bytes())?;
+                elmer::checkpoint::write_atomic(path, text.as_bytes())?;
             }
         }
         let scores = task.score(&hyps, &refs)?;

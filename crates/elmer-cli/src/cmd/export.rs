@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
-use elmer::train::params::Params;
+use elmer::train::Params;
 use elmer::{Error, Result};
 
 use crate::io::{self, NoTokenizer};

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
-use elmer::train::finetune::{tokenize_pairs, FinetuneMode, FinetuneObjective};
-use elmer::train::params::Params;
-use elmer::train::trainer::{TrainConfig, Trainer};
+use elmer::train::Params;
+use elmer::train::{tokenize_pairs, FinetuneMode, FinetuneObjective};
+use elmer::train::{TrainConfig, Trainer};
 use elmer::Result;
 
 use super::eval::{evaluate, EvalOpts, TaskArgs};

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use elmer::generate::{Generation, GenerationConfig, Generator};
 use elmer::{Error, ExitPolicy, LoadOptions, Result};
+use elmer::{Generation, GenerationConfig, Generator};
 
 use crate::io::{self, NoTokenizer};
 use crate::progress;
@@ -53,66 +53,79 @@ pub fn run(a: &Args) -> Result<()> {
         max_len: a.max_len,
         policy,
         batch_size: a.batch_size,
-        max_source_len: None,
         collapse_repeats: a.collapse_repeats,
+        ..GenerationConfig::default()
     };
     let mut gen = Generator::new(&model, cfg)?.with_tokenizer(&tok);
-    let lines = io::read_lines(a.input.as_deref())?;
-    // Empty lines are not sent to the model: they get an empty output line (and a warning),
-    // so output line i still answers input line i.
-    let mut sources = Vec::new();
-    let mut index = Vec::new();
     let max_source_len = gen.max_source_len();
     let vocab = model.config().vocab_size;
-    for (i, l) in lines.iter().enumerate() {
-        if l.trim().is_empty() {
-            tracing::warn!("input line {} is empty; its output line is empty", i + 1);
-            continue;
-        }
-        let ids = tok.encode_truncated(l, max_source_len)?;
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::invalid_arg(
-                "--tokenizer",
-                format!(
-                    "input line {} has token id {bad}, outside the model's vocabulary \
-                     ({vocab}): the tokenizer is not the model's",
-                    i + 1
-                ),
-            ));
-        }
-        index.push(i);
-        sources.push(ids);
-    }
-    let by_line = generate_batches(&mut gen, &sources, &index, lines.len())?;
-
+    // Input is read and answered a window at a time: memory stays flat over any number of
+    // lines, and every finished window is on stdout (flushed) before the next one is read.
+    let window = a.batch_size.saturating_mul(16).max(64);
+    let mut input = io::lines(a.input.as_deref())?;
     let mut out = io::Stdout::lock();
-    let mut total_ms = 0.0;
-    let n = by_line.iter().flatten().count();
-    for g in &by_line {
-        let line = match (g, a.json) {
-            (Some(g), true) => {
-                total_ms += g.latency_ms;
-                serde_json::json!({
-                    "text": g.text,
-                    "ids": g.ids,
-                    "exit_layers": g.exit_layers,
-                    "latency_ms": g.latency_ms,
-                })
-                .to_string()
+    let bar = progress::counter("generating");
+    let (mut n, mut line_no, mut truncated, mut total_ms) = (0usize, 0usize, 0usize, 0.0f64);
+    loop {
+        let chunk: Vec<String> = input.by_ref().take(window).collect::<Result<_>>()?;
+        if chunk.is_empty() {
+            break;
+        }
+        // Empty lines are not sent to the model: they get an empty output line (and a
+        // warning), so output line i still answers input line i.
+        let mut sources = Vec::new();
+        let mut slots: Vec<Option<usize>> = Vec::with_capacity(chunk.len());
+        for l in &chunk {
+            line_no += 1;
+            if l.trim().is_empty() {
+                tracing::warn!("input line {line_no} is empty; its output line is empty");
+                slots.push(None);
+                continue;
             }
-            (Some(g), false) => {
-                total_ms += g.latency_ms;
-                g.text.replace(['\n', '\r'], " ")
+            let full = tok.encode(l)?;
+            let ids = if full.len() > max_source_len {
+                truncated += 1;
+                tracing::warn!(
+                    "input line {line_no} has {} tokens; cut to the first {max_source_len} \
+                     (the model's position table)",
+                    full.len()
+                );
+                tok.encode_truncated(l, max_source_len)?
+            } else {
+                full
+            };
+            if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                return Err(Error::invalid_arg(
+                    "--tokenizer",
+                    format!(
+                        "input line {line_no} has token id {bad}, outside the model's \
+                         vocabulary ({vocab}): the tokenizer is not the model's"
+                    ),
+                ));
             }
-            (None, true) => serde_json::json!({
-                "text": "", "ids": [], "exit_layers": [], "latency_ms": 0.0, "skipped": "empty input line"
-            })
-            .to_string(),
-            (None, false) => String::new(),
-        };
-        out.line(line)?;
+            slots.push(Some(sources.len()));
+            sources.push(ids);
+        }
+        let mut gens: Vec<Option<Generation>> =
+            gen.generate_ids(&sources)?.into_iter().map(Some).collect();
+        for slot in slots {
+            let g = slot.and_then(|k| gens[k].take());
+            if let Some(g) = &g {
+                total_ms += g.latency_ms;
+                n += 1;
+            }
+            out.line(render(g.as_ref(), a.json))?;
+        }
+        out.flush()?;
+        bar.inc(chunk.len() as u64);
     }
+    bar.finish_and_clear();
     out.flush()?;
+    if truncated > 0 {
+        tracing::warn!(
+            "{truncated} input line(s) were longer than {max_source_len} tokens and were cut"
+        );
+    }
     tracing::info!(
         "elmer: {n} outputs, exit {}; exits: {}; mean latency {:.2} ms/sample",
         gen.config().policy.name(),
@@ -122,28 +135,21 @@ pub fn run(a: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Generates for `sources` (framed ids; `index[k]` is the input line of `sources[k]`) one
-/// model batch at a time, with a progress bar, and returns the outputs by input line.
-///
-/// The batches are the ones `Generator::generate` makes (longest first, ties in input
-/// order, `batch_size` each), so the outputs, latencies and exit statistics are the same.
-fn generate_batches(
-    gen: &mut Generator<'_>,
-    sources: &[Vec<u32>],
-    index: &[usize],
-    num_lines: usize,
-) -> Result<Vec<Option<Generation>>> {
-    let mut order: Vec<usize> = (0..sources.len()).collect();
-    order.sort_by(|&a, &b| sources[b].len().cmp(&sources[a].len()).then(a.cmp(&b)));
-    let bar = progress::bar(sources.len(), "generating");
-    let mut by_line = vec![None; num_lines];
-    for chunk in order.chunks(gen.config().batch_size) {
-        let batch: Vec<Vec<u32>> = chunk.iter().map(|&k| sources[k].clone()).collect();
-        for (&k, g) in chunk.iter().zip(gen.generate_ids(&batch)?) {
-            by_line[index[k]] = Some(g);
-        }
-        bar.inc(chunk.len() as u64);
+/// One output line: the text, or with `json` the object; `None` is a skipped empty input.
+fn render(g: Option<&Generation>, json: bool) -> String {
+    match (g, json) {
+        (Some(g), true) => serde_json::json!({
+            "text": g.text,
+            "ids": g.ids,
+            "exit_layers": g.exit_layers,
+            "latency_ms": g.latency_ms,
+        })
+        .to_string(),
+        (Some(g), false) => g.text.replace(['\n', '\r'], " "),
+        (None, true) => serde_json::json!({
+            "text": "", "ids": [], "exit_layers": [], "latency_ms": 0.0, "skipped": "empty input line"
+        })
+        .to_string(),
+        (None, false) => String::new(),
     }
-    bar.finish_and_clear();
-    Ok(by_line)
 }

@@ -3,12 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use elmer::train::corruption::CorruptionConfig;
-use elmer::train::lplm::{
+use elmer::train::CorruptionConfig;
+use elmer::train::Params;
+use elmer::train::{
     read_documents, split_documents, tokenize_documents, LplmConfig, LplmObjective,
 };
-use elmer::train::params::Params;
-use elmer::train::trainer::{TrainConfig, Trainer};
+use elmer::train::{TrainConfig, Trainer};
 use elmer::{BartTokenizer, ElmerConfig, Error, Result};
 
 use crate::{io, progress};

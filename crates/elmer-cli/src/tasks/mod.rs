@@ -7,8 +7,8 @@ mod xsum;
 
 use std::path::Path;
 
+use elmer::collapse_repeated_words;
 use elmer::data::{Dataset, Example};
-use elmer::generate::collapse_repeated_words;
 use elmer::Result;
 use elmer_metrics::{coco_bleu, coco_rouge_l_corpus, distinct_1, distinct_2, Meteor, RougeScorer};
 

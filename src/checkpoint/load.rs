@@ -1,0 +1,312 @@
+//! Loading a checkpoint directory: config, weights checked for presence and shape, name
+//! layouts and tied copies resolved, a [`LoadReport`] of what was found.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+use super::files::TensorFiles;
+use super::names::{expected_tensors, is_body_name, TensorSpec};
+use super::Weights;
+use crate::config::ElmerConfig;
+use crate::error::{Error, Result};
+use crate::model::ElmerModel;
+use crate::model_dir::ModelDir;
+
+/// Weight file format found in a checkpoint directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// `model.safetensors`.
+    Safetensors,
+    /// `model.safetensors.index.json` + shards.
+    ShardedSafetensors,
+    /// `pytorch_model.bin`.
+    PytorchBin,
+    /// `pytorch_model.bin.index.json` + shards.
+    ShardedPytorchBin,
+}
+
+/// Name layout of a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameLayout {
+    /// `BartForConditionalGeneration`: `model.` prefix on the body.
+    ConditionalGeneration,
+    /// Bare `BartModel`: no prefix.
+    BareModel,
+}
+
+/// How loading went: what was found, converted and left unused.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    /// Checkpoint directory.
+    pub dir: PathBuf,
+    /// Weight files read.
+    pub files: Vec<PathBuf>,
+    /// Their format.
+    pub format: WeightFormat,
+    /// Their name layout.
+    pub layout: NameLayout,
+    /// Dtype the weights were stored in (the most common one).
+    pub stored_dtype: DType,
+    /// Dtype the model computes in.
+    pub dtype: DType,
+    /// Optional tensors found: `final_logits_bias`, `lm_head.weight`, `concat_head.weight`.
+    pub optional_present: Vec<String>,
+    /// Tied copies of the shared embedding that were recognised and skipped.
+    pub tied_copies: Vec<String>,
+    /// Tensors in the checkpoint the model does not use (names as stored).
+    pub extra: Vec<String>,
+    /// Parameter count per part (`encoder`, `decoder`, `shared`, `head`).
+    pub parameters: BTreeMap<String, usize>,
+}
+
+/// Options for [`ElmerModel::from_dir`].
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Device to place the weights on.
+    pub device: Device,
+    /// Compute dtype; `None` means f32 (f16/bf16 weights are converted).
+    pub dtype: Option<DType>,
+    /// Refuse checkpoints with tensors the model does not use.
+    pub strict: bool,
+    /// Load weights that hold NaN or infinite values. Off by default: such a checkpoint
+    /// generates garbage (an all-`<s>` output) without any other sign, so loading it is an
+    /// [`Error::Checkpoint`] naming the file and tensor unless this is set.
+    pub allow_non_finite: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: None,
+            strict: false,
+            allow_non_finite: false,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// Default options on `device`.
+    pub fn on(device: Device) -> Self {
+        Self {
+            device,
+            ..Self::default()
+        }
+    }
+}
+
+/// Reads a checkpoint directory: config, validated weights (canonical names, on the requested
+/// device and dtype) and a [`LoadReport`].
+pub fn load_dir(
+    dir: impl AsRef<Path>,
+    opts: &LoadOptions,
+) -> Result<(ElmerConfig, Weights, LoadReport)> {
+    let dir = dir.as_ref();
+    let md = ModelDir::open(dir)?;
+    let cfg = md.load_config()?;
+    let files = TensorFiles::open(&md)?;
+    let dtype = opts.dtype.unwrap_or(DType::F32);
+    if opts.device.is_cpu() && dtype == DType::BF16 {
+        return Err(Error::Unsupported(
+            "bf16 compute on CPU (candle has no CPU bf16 matmul); load as f32".into(),
+        ));
+    }
+    let layout = if files.index.keys().any(|k| k.starts_with("model.")) {
+        NameLayout::ConditionalGeneration
+    } else {
+        NameLayout::BareModel
+    };
+    let stored_name = |canon: &str| -> String {
+        if layout == NameLayout::ConditionalGeneration && is_body_name(canon) {
+            format!("model.{canon}")
+        } else {
+            canon.to_string()
+        }
+    };
+    // Candidate stored names per canonical name, most preferred first.
+    let aliases = |canon: &str| -> Vec<String> {
+        let mut v = vec![stored_name(canon)];
+        match canon {
+            "shared.weight" => {
+                v.push(stored_name("encoder.embed_tokens.weight"));
+                v.push(stored_name("decoder.embed_tokens.weight"));
+            }
+            "concat_head.weight" => {
+                v.push("model.concat_head.weight".into());
+                v.push(stored_name("decoder.concat_head.weight"));
+            }
+            _ => {}
+        }
+        v.push(canon.to_string());
+        v.dedup();
+        v
+    };
+    let layout_hint = match layout {
+        NameLayout::ConditionalGeneration => "BartForConditionalGeneration layout",
+        NameLayout::BareModel => "bare BartModel layout",
+    };
+    let mut used: Vec<String> = Vec::new();
+    let mut map = HashMap::new();
+    let mut optional_present = Vec::new();
+    let mut dtype_counts: BTreeMap<String, (usize, DType)> = BTreeMap::new();
+    let specs = expected_tensors(&cfg);
+    for s in &specs {
+        let found = aliases(&s.name)
+            .into_iter()
+            .find(|n| files.index.contains_key(n));
+        let Some(stored) = found else {
+            if s.required {
+                return Err(Error::MissingTensor {
+                    name: stored_name(&s.name),
+                    hint: Some(format!("{layout_hint}, {}", dir.display())),
+                });
+            }
+            continue;
+        };
+        let (_, st_dtype, shape) = &files.index[&stored];
+        if *shape != s.shape {
+            return Err(Error::TensorShape {
+                name: stored.clone(),
+                expected: s.shape.clone(),
+                actual: shape.clone(),
+            });
+        }
+        let e = dtype_counts
+            .entry(format!("{st_dtype:?}"))
+            .or_insert((0, *st_dtype));
+        e.0 += 1;
+        let t = files.load(&stored)?;
+        let t = match t.dtype() {
+            DType::F32 | DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(dtype)?,
+            other => {
+                return Err(Error::Parse {
+                    path: files.files[files.index[&stored].0].clone(),
+                    message: format!("tensor `{stored}` has non-float dtype {other:?}"),
+                })
+            }
+        };
+        if !opts.allow_non_finite {
+            check_finite(&t, &stored, &files.files[files.index[&stored].0])?;
+        }
+        let t = t.to_device(&opts.device)?;
+        if !s.required {
+            optional_present.push(s.name.clone());
+        }
+        used.push(stored);
+        map.insert(s.name.clone(), t);
+    }
+    // Tied copies of the embedding and the tied lm_head are expected, not extra.
+    let mut tied_copies = Vec::new();
+    let mut extra = Vec::new();
+    for name in files.index.keys() {
+        if used.contains(name) {
+            continue;
+        }
+        let canon = name.strip_prefix("model.").unwrap_or(name);
+        let tied = matches!(
+            canon,
+            "encoder.embed_tokens.weight" | "decoder.embed_tokens.weight"
+        ) || (name == "lm_head.weight" && cfg.tie_word_embeddings)
+            // transformers registers this buffer in older checkpoints.
+            || canon.ends_with("embed_positions._float_tensor");
+        if tied {
+            tied_copies.push(name.clone());
+        } else {
+            extra.push(name.clone());
+        }
+    }
+    if opts.strict && !extra.is_empty() {
+        return Err(Error::Checkpoint {
+            path: dir.to_path_buf(),
+            message: format!(
+                "{} tensor(s) the model does not use (strict mode): {}",
+                extra.len(),
+                extra.join(", ")
+            ),
+        });
+    }
+    let stored_dtype = dtype_counts
+        .values()
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, d)| *d)
+        .unwrap_or(DType::F32);
+    let parameters = count_parameters(&specs, &map);
+    let report = LoadReport {
+        dir: dir.to_path_buf(),
+        files: files.files.clone(),
+        format: files.format,
+        layout,
+        stored_dtype,
+        dtype,
+        optional_present,
+        tied_copies,
+        extra,
+        parameters,
+    };
+    Ok((cfg, Weights::new(map), report))
+}
+
+/// Fails when `t` holds a NaN or an infinity, naming the tensor and its file.
+fn check_finite(t: &Tensor, name: &str, file: &Path) -> Result<()> {
+    // In chunks of 1M values, so the check adds 4 MB to a load's peak memory, not a tensor.
+    const CHUNK: usize = 1 << 20;
+    let flat = t.flatten_all()?;
+    let n = flat.elem_count();
+    let mut bad = 0usize;
+    for start in (0..n).step_by(CHUNK) {
+        let part = flat.narrow(0, start, CHUNK.min(n - start))?;
+        let v: Vec<f32> = part.to_dtype(DType::F32)?.to_vec1()?;
+        bad += v.iter().filter(|x| !x.is_finite()).count();
+    }
+    if bad == 0 {
+        return Ok(());
+    }
+    Err(Error::Checkpoint {
+        path: file.to_path_buf(),
+        message: format!(
+            "tensor `{name}` holds {bad} NaN or infinite value(s); set \
+             LoadOptions::allow_non_finite to load it anyway"
+        ),
+    })
+}
+
+fn count_parameters(
+    specs: &[TensorSpec],
+    map: &HashMap<String, Tensor>,
+) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for s in specs {
+        if let Some(t) = map.get(&s.name) {
+            let part = if s.name.starts_with("encoder.") {
+                "encoder"
+            } else if s.name.starts_with("decoder.") {
+                "decoder"
+            } else if s.name == "shared.weight" {
+                "shared"
+            } else {
+                "head"
+            };
+            *out.entry(part.to_string()).or_insert(0) += t.elem_count();
+        }
+    }
+    out
+}
+
+impl ElmerModel {
+    /// Loads a checkpoint directory (see the [module docs](crate::checkpoint)).
+    pub fn from_dir(dir: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
+        Ok(Self::from_dir_with_report(dir, opts)?.0)
+    }
+
+    /// Loads a checkpoint directory and returns what was found with the model.
+    pub fn from_dir_with_report(
+        dir: impl AsRef<Path>,
+        opts: &LoadOptions,
+    ) -> Result<(Self, LoadReport)> {
+        let (cfg, weights, report) = load_dir(dir, opts)?;
+        let weights = weights.into_inference_layout()?;
+        Ok((ElmerModel::from_weights(cfg, &weights)?, report))
+    }
+}

@@ -1,0 +1,339 @@
+//! Batched NAR generation (paper section 3): sources in, one result per source out.
+//!
+//! Each source is encoded as `<s> ... </s>` (truncated to the encoder's position table or a
+//! user limit), sources are sorted by length and cut into batches to waste little padding,
+//! every batch is encoded once and decoded in one parallel pass over a slot of
+//! `[<s>, <mask> x (max_len - 1)]`, and results are restored to input order. Position t of the
+//! slot predicts target token t+1, so the output is read from position 0 and ends at the
+//! first `</s>` (exclusive); the slot length is a maximum, never taken from a reference.
+//!
+//! Results do not depend on the batch size or order (each example's computation is masked
+//! from the others'), and per-layer exit statistics accumulate over a whole run.
+
+use std::time::Instant;
+
+use candle_core::DType;
+
+mod autoregressive;
+mod stats;
+
+pub use autoregressive::{generate_greedy, generate_greedy_with, GreedyOptions};
+pub use stats::ExitStats;
+
+use crate::batch::PaddedBatch;
+use crate::error::{Error, Result};
+use crate::model::exit::ExitPolicy;
+use crate::model::ElmerModel;
+use crate::tokenizer::BartTokenizer;
+
+/// Options for [`Generator`].
+#[derive(Debug, Clone)]
+pub struct GenerationConfig {
+    /// Length of the output slot T (tokens, including the `</s>` position); default 64.
+    pub max_len: usize,
+    /// Exit policy: [`ExitPolicy::LastLayer`], [`ExitPolicy::Hard`] or [`ExitPolicy::Soft`].
+    pub policy: ExitPolicy,
+    /// Sources per model call; default 16.
+    pub batch_size: usize,
+    /// Longest source in tokens (with `<s>`/`</s>`); `None` means the encoder's position table.
+    pub max_source_len: Option<usize>,
+    /// The authors' post-processing: collapse consecutive repeated words in the text
+    /// (ids and exit layers are left as generated). Off by default.
+    pub collapse_repeats: bool,
+    /// Most padded source tokens per model call (batch x longest source); a batch of
+    /// `batch_size` sources over this budget runs as several calls, so peak memory is bounded
+    /// by the budget, not by `batch_size`. Results do not change (they never depend on the
+    /// batch). Default 8192.
+    pub max_batch_tokens: usize,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            max_len: 64,
+            policy: ExitPolicy::LastLayer,
+            batch_size: 16,
+            max_source_len: None,
+            collapse_repeats: false,
+            max_batch_tokens: 8192,
+        }
+    }
+}
+
+/// One generated output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// Decoded text (special tokens dropped); empty when generating from ids without a tokenizer.
+    pub text: String,
+    /// Generated ids before the first `</s>` (exclusive).
+    pub ids: Vec<u32>,
+    /// Exit layer (1..=L) of each id in `ids`.
+    pub exit_layers: Vec<u32>,
+    /// Number of tokens before `</s>` (= `ids.len()`); equal to `max_len` when no `</s>` came.
+    pub num_tokens: usize,
+    /// Whether a `</s>` was generated inside the slot.
+    pub ended: bool,
+    /// Whether the source was longer than [`Generator::max_source_len`] and cut (text input
+    /// only; callers that pass ids cut them themselves).
+    pub source_truncated: bool,
+    /// Model time (encode + decode, device synchronised) of this source's batch divided by
+    /// the batch size, in milliseconds.
+    pub latency_ms: f64,
+}
+
+/// The authors' post-processing: drop a word equal to the word before it.
+pub fn collapse_repeated_words(text: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for w in text.split_whitespace() {
+        if out.last() != Some(&w) {
+            out.push(w);
+        }
+    }
+    out.join(" ")
+}
+
+/// Generates text with an [`ElmerModel`] (and, for text in/out, a [`BartTokenizer`]).
+pub struct Generator<'a> {
+    model: &'a ElmerModel,
+    tokenizer: Option<&'a BartTokenizer>,
+    config: GenerationConfig,
+    stats: ExitStats,
+}
+
+impl<'a> Generator<'a> {
+    /// A generator over `model` with `config`; validates the options.
+    pub fn new(model: &'a ElmerModel, config: GenerationConfig) -> Result<Self> {
+        if config.max_len == 0 {
+            return Err(Error::invalid_arg("max_len", "must be at least 1"));
+        }
+        if config.max_len > model.max_target_len() {
+            return Err(Error::invalid_arg(
+                "max_len",
+                format!(
+                    "{} exceeds the decoder position table ({})",
+                    config.max_len,
+                    model.max_target_len()
+                ),
+            ));
+        }
+        if config.batch_size == 0 {
+            return Err(Error::invalid_arg("batch_size", "must be at least 1"));
+        }
+        if config.max_batch_tokens == 0 {
+            return Err(Error::invalid_arg("max_batch_tokens", "must be at least 1"));
+        }
+        if let Some(m) = config.max_source_len {
+            if m < 2 {
+                return Err(Error::invalid_arg(
+                    "max_source_len",
+                    "must leave room for <s> and </s>",
+                ));
+            }
+        }
+        match &config.policy {
+            ExitPolicy::Fixed(_) => {
+                return Err(Error::invalid_arg(
+                    "policy",
+                    "fixed exit layers are a training policy; generate with last, hard or soft",
+                ))
+            }
+            ExitPolicy::Soft if !model.has_concat_head() => {
+                return Err(Error::Unsupported(
+                    "soft exit needs a `concat_head.weight` in the checkpoint".into(),
+                ))
+            }
+            _ => config.policy.validate()?,
+        }
+        Ok(Self {
+            stats: ExitStats::new(model.num_decoder_layers()),
+            model,
+            tokenizer: None,
+            config,
+        })
+    }
+
+    /// Uses `tokenizer` for text input and output.
+    pub fn with_tokenizer(mut self, tokenizer: &'a BartTokenizer) -> Self {
+        self.tokenizer = Some(tokenizer);
+        self
+    }
+
+    /// The options.
+    pub fn config(&self) -> &GenerationConfig {
+        &self.config
+    }
+
+    /// Exit statistics of everything generated so far.
+    pub fn stats(&self) -> &ExitStats {
+        &self.stats
+    }
+
+    /// Longest source accepted, in tokens.
+    pub fn max_source_len(&self) -> usize {
+        let table = self.model.max_source_len();
+        self.config.max_source_len.map_or(table, |m| m.min(table))
+    }
+
+    /// Generates from texts: one [`Generation`] per text, in input order.
+    pub fn generate(&mut self, texts: &[&str]) -> Result<Vec<Generation>> {
+        let (ids, truncated) = self.encode_texts(texts)?;
+        let mut out = self.generate_ids(&ids)?;
+        for (g, t) in out.iter_mut().zip(truncated) {
+            g.source_truncated = t;
+        }
+        Ok(out)
+    }
+
+    /// Generates for a stream of texts of any length with bounded memory: texts are read in
+    /// windows of `16 x batch_size`, each window is generated (sorted by length inside the
+    /// window) and `sink(index, generation)` is called in input order before the next window
+    /// is read, so output can be written as it is produced and a killed run keeps what was
+    /// done. Returns the number of texts. Stops at the first error of `texts`, the model or
+    /// `sink`.
+    pub fn generate_each<S, I>(
+        &mut self,
+        texts: I,
+        mut sink: impl FnMut(usize, Generation) -> Result<()>,
+    ) -> Result<usize>
+    where
+        S: AsRef<str>,
+        I: IntoIterator<Item = Result<S>>,
+    {
+        let window = self.config.batch_size.saturating_mul(16).max(64);
+        let mut texts = texts.into_iter();
+        let mut done = 0usize;
+        loop {
+            let mut chunk: Vec<S> = Vec::with_capacity(window);
+            for t in texts.by_ref().take(window) {
+                chunk.push(t?);
+            }
+            if chunk.is_empty() {
+                return Ok(done);
+            }
+            let refs: Vec<&str> = chunk.iter().map(AsRef::as_ref).collect();
+            for g in self.generate(&refs)? {
+                sink(done, g)?;
+                done += 1;
+            }
+        }
+    }
+
+    /// Framed, truncated ids of `texts` and whether each was cut.
+    fn encode_texts(&self, texts: &[&str]) -> Result<(Vec<Vec<u32>>, Vec<bool>)> {
+        let tok = self.tokenizer.ok_or_else(|| {
+            Error::invalid_arg(
+                "tokenizer",
+                "text generation needs a tokenizer (with_tokenizer)",
+            )
+        })?;
+        let max = self.max_source_len();
+        let mut ids = Vec::with_capacity(texts.len());
+        let mut truncated = Vec::with_capacity(texts.len());
+        for t in texts {
+            let full = tok.encode(t)?;
+            truncated.push(full.len() > max);
+            ids.push(if full.len() > max {
+                tok.encode_truncated(t, max)?
+            } else {
+                full
+            });
+        }
+        Ok((ids, truncated))
+    }
+
+    /// Generates from framed source ids (`<s> ... </s>`, each at most
+    /// [`max_source_len`](Self::max_source_len)); `text` is filled when a tokenizer is set.
+    pub fn generate_ids(&mut self, sources: &[Vec<u32>]) -> Result<Vec<Generation>> {
+        let max = self.max_source_len();
+        let vocab = self.model.config().vocab_size;
+        for (i, s) in sources.iter().enumerate() {
+            if s.is_empty() {
+                return Err(Error::invalid_arg(
+                    "sources",
+                    format!("source {i} is empty (expected at least <s> </s>)"),
+                ));
+            }
+            if s.len() > max {
+                return Err(Error::invalid_arg(
+                    "sources",
+                    format!(
+                        "source {i} has {} tokens, more than the limit {max}",
+                        s.len()
+                    ),
+                ));
+            }
+            if let Some(&bad) = s.iter().find(|&&id| id as usize >= vocab) {
+                return Err(Error::invalid_arg(
+                    "sources",
+                    format!("source {i} has id {bad}, outside the vocabulary ({vocab})"),
+                ));
+            }
+        }
+        // Longest first, so each batch holds sources of similar length.
+        let mut order: Vec<usize> = (0..sources.len()).collect();
+        order.sort_by(|&a, &b| sources[b].len().cmp(&sources[a].len()).then(a.cmp(&b)));
+        let mut results: Vec<Option<Generation>> = vec![None; sources.len()];
+        for chunk in order.chunks(self.config.batch_size) {
+            // Cut the batch so no model call holds more than `max_batch_tokens` padded source
+            // tokens (the batch is sorted longest first: the first source sets the padding).
+            let mut rest = chunk;
+            while !rest.is_empty() {
+                let longest = sources[rest[0]].len().max(1);
+                let n = (self.config.max_batch_tokens / longest).clamp(1, rest.len());
+                let (part, tail) = rest.split_at(n);
+                rest = tail;
+                let batch: Vec<&[u32]> = part.iter().map(|&i| sources[i].as_slice()).collect();
+                let outs = self.run_batch(&batch)?;
+                for (&i, g) in part.iter().zip(outs) {
+                    self.stats.add(&g.exit_layers);
+                    results[i] = Some(g);
+                }
+            }
+        }
+        Ok(results.into_iter().flatten().collect())
+    }
+
+    fn run_batch(&self, batch: &[&[u32]]) -> Result<Vec<Generation>> {
+        let model = self.model;
+        let dev = model.device();
+        let pad = model.config().pad_token_id;
+        let eos = model.config().eos_token_id;
+        let b = batch.len();
+        let padded = PaddedBatch::new(batch, pad);
+        let start = Instant::now();
+        let (ids, mask) = padded.to_tensors(dev)?;
+        let enc = model.encode(&ids, Some(&mask))?;
+        let out = model.decode_slot(&enc, self.config.max_len, self.config.policy.clone())?;
+        let out_ids: Vec<Vec<u32>> = out.ids.to_dtype(DType::U32)?.to_vec2()?;
+        let out_exits: Vec<Vec<u32>> = out.exit_layers.to_dtype(DType::U32)?.to_vec2()?;
+        dev.synchronize()?;
+        let latency_ms = start.elapsed().as_secs_f64() * 1000.0 / b as f64;
+        let mut res = Vec::with_capacity(b);
+        for (row, exits) in out_ids.into_iter().zip(out_exits) {
+            let end = row.iter().position(|&id| id == eos);
+            let n = end.unwrap_or(row.len());
+            let ids = row[..n].to_vec();
+            let text = match self.tokenizer {
+                Some(t) => {
+                    let text = t.decode(&ids)?;
+                    if self.config.collapse_repeats {
+                        collapse_repeated_words(&text)
+                    } else {
+                        text
+                    }
+                }
+                None => String::new(),
+            };
+            res.push(Generation {
+                text,
+                exit_layers: exits[..n].to_vec(),
+                num_tokens: n,
+                ended: end.is_some(),
+                source_truncated: false,
+                ids,
+                latency_ms,
+            });
+        }
+        Ok(res)
+    }
+}

@@ -1,0 +1,84 @@
+//! A dense layer `y = act(x W^T + b)` over the last dimension: the few-row kernel or
+//! candle's matmul, then bias and activation fused in place where possible.
+//!
+//! Shapes: `x` `[..., in]`, `W` `[out, in]` (either memory layout, see
+//! [`Weights::into_inference_layout`]), `b` `[out]`; result `[..., out]`.
+
+use candle_core::Tensor;
+
+use crate::checkpoint::Weights;
+use crate::config::Activation;
+use crate::error::Result;
+
+/// A dense layer `y = x W^T + b` over the last dimension.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Builds from `{prefix}.weight` and, when `bias`, `{prefix}.bias`.
+    pub fn load(w: &Weights, prefix: &str, bias: bool) -> Result<Self> {
+        Ok(Self {
+            weight: w.get(&format!("{prefix}.weight"))?,
+            bias: if bias {
+                Some(w.get(&format!("{prefix}.bias"))?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Wraps tensors: `weight` `[out, in]`, `bias` `[out]`.
+    pub fn from_tensors(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    /// The weight `[out, in]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias `[out]`, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// Applies the layer and then `act` to `[..., in]`, giving `[..., out]`; bias and
+    /// activation are one fused in-place pass on CPU when nothing tracks gradients.
+    pub fn forward_act(&self, xs: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
+        self.apply(xs, Some(act))
+    }
+
+    /// Applies the layer to `[..., in]`, giving `[..., out]`.
+    pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.apply(xs, None)
+    }
+
+    /// `act(x W^T + b)`: the product from the few-row kernel or candle's matmul, then bias and
+    /// activation fused in place where possible, candle ops otherwise.
+    fn apply(&self, xs: &Tensor, act: Option<Activation>) -> candle_core::Result<Tensor> {
+        let dims = xs.dims();
+        let in_dim = dims[dims.len() - 1];
+        let rows = xs.elem_count() / in_dim.max(1);
+        let mut out_dims = dims.to_vec();
+        let last = out_dims.len() - 1;
+        out_dims[last] = self.weight.dim(0)?;
+        let x2 = xs.reshape((rows, in_dim))?;
+        let y = match crate::ops::gemv::linear_few_rows(&x2, &self.weight)? {
+            Some(y) => y,
+            None => x2.matmul(&self.weight.t()?)?,
+        };
+        let y = match &self.bias {
+            Some(b) if crate::ops::fused::bias_act_(&y, b, act)? => return y.reshape(out_dims),
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let y = match act {
+            Some(a) => a.apply(&y)?,
+            None => y,
+        };
+        y.reshape(out_dims)
+    }
+}

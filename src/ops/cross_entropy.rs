@@ -1,0 +1,222 @@
+//! Fused cross-entropy for training (paper section 3.4 losses): per-row NLL
+//! `logsumexp(x + b) - (x + b)[label]` over vocabulary-sized logits with its backward
+//! `softmax(x + b) - onehot(label)`, pads giving 0, in one or two passes per row spread over
+//! all cores (a composed log-softmax makes seven allocating single-threaded passes).
+//!
+//! Shapes: logits `[rows, vocab]` f32, labels `[rows]` u32, bias `[vocab]`; result `[rows]`.
+//! CPU only: on other devices the callers use the composed, differentiable candle ops.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+
+use super::cpu::{f32_slice, par_rows, u32_slice};
+
+/// Per-row NLL of integer labels under `logits + bias`; pad rows give 0.
+struct CrossEntropy {
+    pad: u32,
+}
+
+impl CustomOp3 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "elmer-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, cols) = l1.shape().dims2()?;
+        let x = f32_slice(s1, l1, "logits")?;
+        let y = u32_slice(s2, l2, "labels")?;
+        let b = f32_slice(s3, l3, "bias")?;
+        if y.len() != rows || b.len() != cols {
+            candle_core::bail!(
+                "cross entropy: {} labels / {} biases for [{rows}, {cols}] logits",
+                y.len(),
+                b.len()
+            );
+        }
+        let mut out = vec![0f32; rows];
+        par_rows(&mut out, 1, cols, |r, o| {
+            let label = y[r];
+            if label == self.pad || label as usize >= cols {
+                o[0] = 0.0;
+                return;
+            }
+            let row = &x[r * cols..(r + 1) * cols];
+            let m = row
+                .iter()
+                .zip(b)
+                .map(|(&v, &c)| v + c)
+                .fold(f32::NEG_INFINITY, f32::max);
+            let s: f32 = row.iter().zip(b).map(|(&v, &c)| (v + c - m).exp()).sum();
+            o[0] = m + s.ln() - (row[label as usize] + b[label as usize]);
+        });
+        Ok((CpuStorage::F32(out), Shape::from(rows)))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = logits.apply_op3_no_bwd(
+            labels,
+            &Tensor::cat(&[&grad.contiguous()?, bias], 0)?,
+            &CrossEntropyGrad { pad: self.pad },
+        )?;
+        let gb = g.sum(0)?;
+        Ok((Some(g), None, Some(gb)))
+    }
+}
+
+/// `grad[r] * (softmax(x_r) - onehot(label_r))`, zero rows for pads.
+struct CrossEntropyGrad {
+    pad: u32,
+}
+
+impl CustomOp3 for CrossEntropyGrad {
+    fn name(&self) -> &'static str {
+        "elmer-cross-entropy-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, cols) = l1.shape().dims2()?;
+        let x = f32_slice(s1, l1, "logits")?;
+        let y = u32_slice(s2, l2, "labels")?;
+        let gb = f32_slice(s3, l3, "grad and bias")?;
+        if gb.len() != rows + cols {
+            candle_core::bail!(
+                "cross entropy grad: expected {} values, got {}",
+                rows + cols,
+                gb.len()
+            );
+        }
+        let (g, b) = gb.split_at(rows);
+        let mut out = vec![0f32; rows * cols];
+        par_rows(&mut out, cols, cols, |r, o| {
+            let label = y[r];
+            if label == self.pad || label as usize >= cols || g[r] == 0.0 {
+                return;
+            }
+            let row = &x[r * cols..(r + 1) * cols];
+            let m = row
+                .iter()
+                .zip(b)
+                .map(|(&v, &c)| v + c)
+                .fold(f32::NEG_INFINITY, f32::max);
+            let mut s = 0f32;
+            for ((o, &v), &c) in o.iter_mut().zip(row).zip(b) {
+                let e = (v + c - m).exp();
+                *o = e;
+                s += e;
+            }
+            let scale = g[r] / s;
+            for o in o.iter_mut() {
+                *o *= scale;
+            }
+            o[label as usize] -= g[r];
+        });
+        Ok((CpuStorage::F32(out), Shape::from((rows, cols))))
+    }
+}
+
+/// Per-row negative log-likelihood `[rows]` of `labels` `[rows]` (u32) under `logits`
+/// `[rows, vocab]` (f32, CPU); rows whose label is `pad` give 0. Differentiable w.r.t.
+/// `logits`. Returns `None` when the fused kernel does not apply (non-CPU device or dtype),
+/// so the caller can use the composed ops.
+pub fn cross_entropy_rows(
+    logits: &Tensor,
+    labels: &Tensor,
+    pad: u32,
+) -> candle_core::Result<Option<Tensor>> {
+    let v = logits.dim(candle_core::D::Minus1)?;
+    let zeros = Tensor::zeros(v, logits.dtype(), logits.device())?;
+    cross_entropy_rows_with_bias(logits, labels, &zeros, pad)
+}
+
+/// [`cross_entropy_rows`] of `logits + bias` (`bias` `[vocab]`) without materialising the
+/// sum; differentiable w.r.t. `logits` and `bias`.
+pub fn cross_entropy_rows_with_bias(
+    logits: &Tensor,
+    labels: &Tensor,
+    bias: &Tensor,
+    pad: u32,
+) -> candle_core::Result<Option<Tensor>> {
+    if !logits.device().is_cpu() || logits.dtype() != candle_core::DType::F32 || logits.rank() != 2
+    {
+        return Ok(None);
+    }
+    let logits = logits.contiguous()?;
+    let labels = labels.to_dtype(candle_core::DType::U32)?.contiguous()?;
+    let bias = bias.to_dtype(candle_core::DType::F32)?.contiguous()?;
+    Ok(Some(logits.apply_op3(
+        &labels,
+        &bias,
+        CrossEntropy { pad },
+    )?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    #[test]
+    fn fused_cross_entropy_matches_composed_ops() {
+        let dev = Device::Cpu;
+        let data: Vec<f32> = (0..5 * 300)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let x = Var::from_tensor(&Tensor::from_vec(data, (5, 300), &dev).unwrap()).unwrap();
+        let labels = Tensor::new(&[3u32, 1, 299, 0, 17], &dev).unwrap();
+        let w = Tensor::new(&[1f32, 2.0, 3.0, 4.0, 5.0], &dev).unwrap();
+        // Fused: label 1 is the pad id.
+        let nll = cross_entropy_rows(x.as_tensor(), &labels, 1)
+            .unwrap()
+            .unwrap();
+        let loss = (nll.clone() * &w).unwrap().sum_all().unwrap();
+        let g_fused = loss.backward().unwrap().get(x.as_tensor()).unwrap().clone();
+        // Composed.
+        let logp = candle_nn::ops::log_softmax(x.as_tensor(), D::Minus1).unwrap();
+        let picked = logp
+            .gather(&labels.unsqueeze(1).unwrap(), 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap()
+            .neg()
+            .unwrap();
+        let keep = labels
+            .ne(1u32)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
+        let ref_nll = (picked * keep).unwrap();
+        let ref_loss = (ref_nll.clone() * &w).unwrap().sum_all().unwrap();
+        let g_ref = ref_loss
+            .backward()
+            .unwrap()
+            .get(x.as_tensor())
+            .unwrap()
+            .clone();
+        let d1 = crate::ops::max_abs_diff(&nll, &ref_nll);
+        let d2 = crate::ops::max_abs_diff(&g_fused, &g_ref);
+        assert!(d1 < 1e-5, "nll differs by {d1}");
+        assert!(d2 < 1e-6, "gradient differs by {d2}");
+    }
+}

@@ -1,0 +1,34 @@
+//! CPU kernels the model runs on (crate-private).
+//!
+//! candle's CPU backend runs elementwise ops on one thread and allocates a tensor per op;
+//! around a fast matrix multiply, that is where CPU time goes. These kernels fuse the
+//! vocabulary-sized and elementwise parts of a forward (and a training) pass into one or two
+//! multi-threaded passes:
+//! - [`argmax_entropy`]: off-ramp argmax and entropy over `[vocab, tokens]` logits;
+//! - [`cross_entropy`]: the training NLL and its gradient over `[rows, vocab]` logits;
+//! - [`fused`]: in-place bias + activation and scaled, masked attention softmax;
+//! - [`gemv`]: dense layers for one to four rows (AR steps, the last active tokens);
+//! - [`cpu`]: the shared plumbing (row-parallel loops, storage views, CPU feature checks).
+//!
+//! Every kernel is chosen at run time: it applies only to contiguous f32 CPU tensors (and, for
+//! the in-place ones, tensors that do not track gradients) and returns `None` / `false`
+//! otherwise, so callers fall back to candle ops on other devices and dtypes. Vectorised loops
+//! are compiled for AVX2/FMA and selected by [`cpu::has_avx2_fma`]; nothing is compiled for one
+//! micro-architecture only.
+
+pub(crate) mod argmax_entropy;
+pub(crate) mod cpu;
+pub(crate) mod cross_entropy;
+pub(crate) mod fused;
+pub(crate) mod gemv;
+
+/// Largest absolute elementwise difference of two same-shaped tensors (unit tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("tensors of the same shape")
+}
