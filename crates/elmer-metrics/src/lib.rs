@@ -84,6 +84,7 @@
 pub mod bleu;
 pub mod distinct;
 mod jar;
+mod lcs;
 pub mod meteor;
 mod meteor_norm;
 pub mod porter;
@@ -103,8 +104,55 @@ pub use rouge::{coco_rouge_l, coco_rouge_l_corpus, CocoRougeL, RougeScorer, Roug
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-/// Errors of the corpus-level metric functions (bad input shapes only; no metric
-/// fails on the text itself).
+/// The longest hypothesis or reference, in words, that the corpus-level scorers accept:
+/// 50,000.
+///
+/// ROUGE-L, ROUGE-Lsum, COCO ROUGE-L and METEOR compare every word of a hypothesis with
+/// every word of its reference, so their time grows with the product of the two lengths
+/// (memory stays linear, see below). At this cap a worst-case pair (50,000 words on both
+/// sides, one line, one word repeated or natural text) takes a few seconds in a release
+/// build: about 0.3 s for ROUGE, 0.1 s for COCO ROUGE-L and 2–3 s for METEOR. Real
+/// generation outputs (a long summary is ~1,000 words) are far below it.
+///
+/// "Words" are the tokens of the scorer that checks them: `rouge-score` tokens for
+/// [`RougeScorer`] (after lower-casing and splitting on everything outside `[a-z0-9]`),
+/// `str.split(" ")` fields for [`coco_rouge_l`], the normalised tokens for [`Meteor`].
+/// Checked, with [`MetricsError::SegmentTooLong`] past it, by [`score_all`],
+/// [`score_all_with`], [`RougeScorer::score_multi`] / [`RougeScorer::score_pairs`] /
+/// [`RougeScorer::score_corpus`], [`coco_rouge_l`] / [`coco_rouge_l_corpus`] and
+/// [`Meteor::score_corpus`] / [`Meteor::try_score_corpus`]. BLEU and Distinct are linear in
+/// the length and are not capped; neither are the single-pair functions that cannot
+/// return an error ([`RougeScorer::score`], [`Meteor::score_segment`],
+/// [`Meteor::segment_stats`], [`rouge::rouge_l`], ...), which accept any length and simply
+/// take longer.
+///
+/// Memory is linear in the length for every metric: ROUGE-L and COCO ROUGE-L keep one bit
+/// row of the LCS table, ROUGE-Lsum about `2·√n` bit rows for its backtrace, and METEOR
+/// shares structure between its partial alignments and considers a bounded number of
+/// candidate matches per word on long segments (see [`meteor::FULL_SEARCH_CANDIDATES`]
+/// and [`meteor::MAX_CANDIDATES_PER_WORD`]).
+pub const MAX_SEGMENT_WORDS: usize = 50_000;
+
+/// Which text of a pair an error is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The hypothesis (system output).
+    Hypothesis,
+    /// Reference number `.0` (0-based) of the pair's reference list.
+    Reference(usize),
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Side::Hypothesis => f.write_str("hypothesis"),
+            Side::Reference(k) => write!(f, "reference {k}"),
+        }
+    }
+}
+
+/// Errors of the corpus-level metric functions: bad input shapes, or a text longer than
+/// [`MAX_SEGMENT_WORDS`]. No metric fails on the content of the text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetricsError {
     /// `hyps` and `refs` have different lengths.
@@ -120,6 +168,33 @@ pub enum MetricsError {
         /// Position of the pair in the corpus.
         index: usize,
     },
+    /// A hypothesis or reference has more than [`MAX_SEGMENT_WORDS`] words (tokens of
+    /// the scorer that reports it).
+    SegmentTooLong {
+        /// Position of the pair in the corpus (0 for the single-pair functions).
+        index: usize,
+        /// The hypothesis, or which of the pair's references.
+        side: Side,
+        /// Its length in words.
+        words: usize,
+        /// The cap, [`MAX_SEGMENT_WORDS`].
+        max: usize,
+    },
+}
+
+impl MetricsError {
+    /// [`MetricsError::SegmentTooLong`] if `words > MAX_SEGMENT_WORDS`.
+    pub(crate) fn check_length(index: usize, side: Side, words: usize) -> Result<(), Self> {
+        if words > MAX_SEGMENT_WORDS {
+            return Err(MetricsError::SegmentTooLong {
+                index,
+                side,
+                words,
+                max: MAX_SEGMENT_WORDS,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for MetricsError {
@@ -131,6 +206,16 @@ impl fmt::Display for MetricsError {
             MetricsError::NoReferences { index } => {
                 write!(f, "metrics: pair {index} has no reference")
             }
+            MetricsError::SegmentTooLong {
+                index,
+                side,
+                words,
+                max,
+            } => write!(
+                f,
+                "metrics: pair {index}: the {side} has {words} words, more than the \
+                 {max} allowed (MAX_SEGMENT_WORDS); split it or truncate it"
+            ),
         }
     }
 }
@@ -177,7 +262,9 @@ pub fn score_all<H: AsRef<str>, R: AsRef<str>>(
 /// Computes every metric of [`MetricReport`]; METEOR only when `meteor` is given.
 ///
 /// `hyps[i]` is scored against all of `refs[i]` (at least one reference each).
-/// Errors with [`MetricsError`] on mismatched lengths or an empty reference list.
+/// Errors with [`MetricsError`] on mismatched lengths, an empty reference list, or a
+/// hypothesis or reference longer than [`MAX_SEGMENT_WORDS`] words
+/// ([`MetricsError::SegmentTooLong`], naming the pair and the side).
 /// An empty corpus gives an all-zero report.
 pub fn score_all_with<H: AsRef<str>, R: AsRef<str>>(
     hyps: &[H],
@@ -193,12 +280,7 @@ pub fn score_all_with<H: AsRef<str>, R: AsRef<str>>(
                 .iter()
                 .map(|rs| rs.iter().map(AsRef::as_ref).collect())
                 .collect();
-            Some(m.try_score_corpus(&h, &r).map(|(c, _)| c).map_err(|_| {
-                MetricsError::LengthMismatch {
-                    hyps: hyps.len(),
-                    refs: refs.len(),
-                }
-            })?)
+            Some(m.score_corpus(&h, &r)?)
         }
         None => None,
     };

@@ -27,6 +27,15 @@
 //!   one-word stem/synonym match adds `floor(x + 0.5) - x`), and including the jar's
 //!   quirk of charging the distance of a newly chosen match to the *parent* path.
 //!   Java's `Collections.sort` is stable and so is ours.
+//! * **Long segments**: the search is the jar's, but its work and memory are bounded
+//!   (the jar's are not: it copies every partial alignment in full and keeps every
+//!   candidate match, and needs minutes and gigabytes for a few thousand words). Partial
+//!   alignments share structure instead of being copied, and each matcher proposes at
+//!   most [`MAX_CANDIDATES_PER_WORD`] matches per reference word (those nearest the
+//!   diagonal), which only ever applies when a word occurs more than that many times in
+//!   one hypothesis; below it the alignment is exactly the jar's. A 30,000-word pair
+//!   aligns in about a second (release build, exact + stem). The corpus functions
+//!   reject texts longer than [`MAX_SEGMENT_WORDS`](crate::MAX_SEGMENT_WORDS).
 //! * **Score** (per segment and for the corpus):
 //!
 //!   ```text
@@ -481,56 +490,51 @@ fn synonyms_from_jar(z: &mut ZipArchive) -> io::Result<SynonymDictionary> {
     SynonymDictionary::from_lines(&exc, &syn).map_err(|e| in_entry(&jar, JAR_SYNSETS_ENTRY, e))
 }
 
+mod align;
+#[cfg(test)]
+mod reference;
+
+/// A segment with at most this many candidate matches (all matchers together) is
+/// aligned with all of them, exactly as by `meteor-1.5.jar`: 1,048,576.
+///
+/// The alignment search costs about `beam × candidates` (40 × this, well under a
+/// second); a long segment whose frequent words (`the`, `,`) occur thousands of times on
+/// both sides has far more candidates, quadratic in its length. Such a segment is
+/// aligned with at most [`MAX_CANDIDATES_PER_WORD`] candidates per reference word and
+/// matcher instead. Segments of a few thousand words stay below this (a 3,000-word pair
+/// of natural text has about 200,000 candidates), and so does every segment of the
+/// parity fixtures (at most 28 words).
+pub const FULL_SEARCH_CANDIDATES: usize = 1 << 20;
+
+/// In a segment with more than [`FULL_SEARCH_CANDIDATES`] candidate matches, at most this
+/// many per reference word and matcher enter METEOR's alignment search: 64.
+///
+/// A matcher then keeps, for each reference word, the candidates whose hypothesis
+/// position is nearest to the reference position scaled to the hypothesis length (ties
+/// to the earlier one), listed in the jar's order; the paraphrase matcher's two
+/// directions count separately, and each examines at most `4 ×` this many occurrences of
+/// a paraphrase's first word per phrase, nearest first. The cap changes nothing for a
+/// reference word whose matches (hypothesis occurrences of the same word; for stems and
+/// synonyms, of the matching words) number at most 64. Above it the alignment can
+/// differ from the jar's: on a 30,000-word pair of natural-like text (exact + stem,
+/// `examples/long_pair.rs`) the score is 0.3911 instead of the 0.3929 of the unbounded
+/// search, in 1.2 s and 54 MB instead of 6 s and 380 MB (release build).
+///
+/// The jar itself bounds only the search, by its beam of [`MeteorParams::beam_size`]
+/// (40) partial alignments per reference position, not the candidates, and copies every
+/// partial alignment in full (its match and used-word arrays), so it needs minutes and
+/// gigabytes on segments of a few thousand words; so did this crate before.
+pub const MAX_CANDIDATES_PER_WORD: usize = 64;
+
 /// One candidate match: `len` reference words at `start` aligned to `match_len`
 /// hypothesis words at `match_start` (Java `Match`: line2 = reference, line1 = test).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Match {
-    module: usize,
-    start: usize,
-    len: usize,
-    match_start: usize,
-    match_len: usize,
-}
-
-#[derive(Debug, Clone)]
-struct Partial {
-    matches: Vec<Option<Match>>,
-    m1: i64,
-    m2: i64,
-    chunks: i64,
-    idx: usize,
-    last_match_end: i64,
-    distance: i64,
-    used1: Vec<bool>,
-    used2: Vec<bool>,
-}
-
-impl Partial {
-    fn is_used(&self, m: &Match) -> bool {
-        (0..m.len).any(|k| self.used2[m.start + k])
-            || (0..m.match_len).any(|k| self.used1[m.match_start + k])
-    }
-    fn set_used(&mut self, m: &Match) {
-        for k in 0..m.len {
-            self.used2[m.start + k] = true;
-        }
-        for k in 0..m.match_len {
-            self.used1[m.match_start + k] = true;
-        }
-    }
-    /// Java: `path.matches1 += m.matchLength * w` on an `int` field.
-    fn add_counts(&mut self, m: &Match) {
-        let w = SEARCH_WEIGHTS[m.module];
-        self.m1 = (self.m1 as f64 + m.match_len as f64 * w) as i64;
-        self.m2 = (self.m2 as f64 + m.len as f64 * w) as i64;
-    }
-}
-
-/// `Constants.PARTIAL_COMPARE_TOTAL`.
-fn compare(x: &Partial, y: &Partial) -> std::cmp::Ordering {
-    ((y.m1 + y.m2).cmp(&(x.m1 + x.m2)))
-        .then(x.chunks.cmp(&y.chunks))
-        .then(x.distance.cmp(&y.distance))
+    module: u8,
+    start: u32,
+    len: u32,
+    match_start: u32,
+    match_len: u32,
 }
 
 /// METEOR scorer. Cheap to share (`&self` methods, no interior mutability).
@@ -699,11 +703,19 @@ impl Meteor {
     }
 
     /// Sufficient statistics of the best reference (first with the highest score).
+    ///
+    /// Any length is accepted here (no [`MAX_SEGMENT_WORDS`](crate::MAX_SEGMENT_WORDS)
+    /// check); time and memory stay bounded as described at [`MAX_CANDIDATES_PER_WORD`].
     pub fn segment_stats(&self, hyp: &str, refs: &[&str]) -> MeteorStats {
         let h = self.tokens(hyp);
+        let r: Vec<Vec<String>> = refs.iter().map(|r| self.tokens(r)).collect();
+        self.best_stats(&h, &r)
+    }
+
+    fn best_stats(&self, h: &[String], refs: &[Vec<String>]) -> MeteorStats {
         let mut best: Option<(f64, MeteorStats)> = None;
         for r in refs {
-            let st = self.align_stats(&h, &self.tokens(r));
+            let st = self.align_stats(h, r);
             let sc = st.score(&self.params);
             let better = match &best {
                 None => sc > -1.0,
@@ -717,37 +729,63 @@ impl Meteor {
     }
 
     /// Corpus METEOR (aggregate statistics, the number pycocoevalcap reports).
-    /// Errors when `hyps.len() != refs.len()`.
+    ///
+    /// Errors with [`MetricsError::LengthMismatch`](crate::MetricsError::LengthMismatch)
+    /// when `hyps.len() != refs.len()`, and with
+    /// [`MetricsError::SegmentTooLong`](crate::MetricsError::SegmentTooLong) (pair index,
+    /// side, length) when a hypothesis or reference has more than
+    /// [`MAX_SEGMENT_WORDS`](crate::MAX_SEGMENT_WORDS) normalised tokens; every text is
+    /// checked before any is aligned.
     pub fn score_corpus(
         &self,
         hyps: &[&str],
         refs: &[Vec<&str>],
     ) -> Result<f64, crate::MetricsError> {
-        self.try_score_corpus(hyps, refs)
-            .map(|(s, _)| s)
-            .map_err(|_| crate::MetricsError::LengthMismatch {
-                hyps: hyps.len(),
-                refs: refs.len(),
-            })
+        self.corpus(hyps, refs).map(|(s, _)| s)
     }
 
-    /// Corpus METEOR and the segment scores, or an error on a length mismatch.
+    /// Corpus METEOR and the segment scores; errors as [`Self::score_corpus`], as text.
     pub fn try_score_corpus(
         &self,
         hyps: &[&str],
         refs: &[Vec<&str>],
     ) -> Result<(f64, Vec<f64>), String> {
+        self.corpus(hyps, refs).map_err(|e| match e {
+            crate::MetricsError::LengthMismatch { hyps, refs } => {
+                format!("METEOR: {hyps} hypotheses but {refs} reference lists")
+            }
+            e => e.to_string(),
+        })
+    }
+
+    fn corpus(
+        &self,
+        hyps: &[&str],
+        refs: &[Vec<&str>],
+    ) -> Result<(f64, Vec<f64>), crate::MetricsError> {
+        use crate::{MetricsError, Side};
         if hyps.len() != refs.len() {
-            return Err(format!(
-                "METEOR: {} hypotheses but {} reference lists",
-                hyps.len(),
-                refs.len()
-            ));
+            return Err(MetricsError::LengthMismatch {
+                hyps: hyps.len(),
+                refs: refs.len(),
+            });
+        }
+        let mut tokens = Vec::with_capacity(hyps.len());
+        for (index, (h, rs)) in hyps.iter().zip(refs).enumerate() {
+            let h = self.tokens(h);
+            MetricsError::check_length(index, Side::Hypothesis, h.len())?;
+            let mut r = Vec::with_capacity(rs.len());
+            for (k, x) in rs.iter().enumerate() {
+                let t = self.tokens(x);
+                MetricsError::check_length(index, Side::Reference(k), t.len())?;
+                r.push(t);
+            }
+            tokens.push((h, r));
         }
         let mut total = MeteorStats::default();
         let mut segs = Vec::with_capacity(hyps.len());
-        for (h, r) in hyps.iter().zip(refs) {
-            let st = self.segment_stats(h, r);
+        for (h, r) in &tokens {
+            let st = self.best_stats(h, r);
             segs.push(st.score(&self.params));
             total.add(&st);
         }
@@ -756,136 +794,15 @@ impl Meteor {
 
     /// Align tokenised `test` (hypothesis, line1) and `reference` (line2) and return
     /// the statistics (`Aligner.align` + `MeteorScorer.getMeteorStats`).
-    /// Index loops mirror the Java code on purpose (several parallel arrays).
-    #[allow(clippy::needless_range_loop)]
     fn align_stats(&self, w1: &[String], w2: &[String]) -> MeteorStats {
+        let matches = align::align(self, w1, w2);
+        self.stats(w1, w2, &matches)
+    }
+
+    /// `MeteorScorer.getMeteorStats` of the alignment `matches` (one optional match per
+    /// reference position).
+    fn stats(&self, w1: &[String], w2: &[String], matches: &[Option<Match>]) -> MeteorStats {
         let (n1, n2) = (w1.len(), w2.len());
-        let mut cand: Vec<Vec<Match>> = vec![Vec::new(); n2];
-        let mut cov1 = vec![0u32; n1];
-        let mut cov2 = vec![0u32; n2];
-        let mut add = |m: Match, cand: &mut Vec<Vec<Match>>| {
-            for k in 0..m.match_len {
-                cov1[m.match_start + k] += 1;
-            }
-            for k in 0..m.len {
-                cov2[m.start + k] += 1;
-            }
-            cand[m.start].push(m);
-        };
-        let one = |module, j, i| Match {
-            module,
-            start: j,
-            len: 1,
-            match_start: i,
-            match_len: 1,
-        };
-
-        let identical = w1 == w2;
-        // exact
-        for j in 0..n2 {
-            for i in 0..n1 {
-                if w1[i] == w2[j] {
-                    add(one(EXACT, j, i), &mut cand);
-                }
-            }
-        }
-        if !identical {
-            // stem
-            let s1: Vec<String> = w1.iter().map(|w| stem(w)).collect();
-            let s2: Vec<String> = w2.iter().map(|w| stem(w)).collect();
-            for j in 0..n2 {
-                for i in 0..n1 {
-                    if s1[i] == s2[j] && w1[i] != w2[j] {
-                        add(one(STEM, j, i), &mut cand);
-                    }
-                }
-            }
-            // synonym
-            if let Some(syn) = &self.synonyms {
-                let y1: Vec<HashSet<u32>> = w1.iter().map(|w| syn.all_synsets(w)).collect();
-                let y2: Vec<HashSet<u32>> = w2.iter().map(|w| syn.all_synsets(w)).collect();
-                for j in 0..n2 {
-                    for i in 0..n1 {
-                        if w1[i] != w2[j] && !y1[i].is_disjoint(&y2[j]) {
-                            add(one(SYNONYM, j, i), &mut cand);
-                        }
-                    }
-                }
-            }
-            // paraphrase
-            if let Some(pt) = &self.paraphrase {
-                let l1: Vec<Option<u32>> = w1.iter().map(|w| pt.translate(w)).collect();
-                let l2: Vec<Option<u32>> = w2.iter().map(|w| pt.translate(w)).collect();
-                let occurs = |line: &[Option<u32>], at: usize, words: &[u32]| {
-                    at + words.len() <= line.len()
-                        && words
-                            .iter()
-                            .enumerate()
-                            .all(|(k, w)| line[at + k] == Some(*w))
-                };
-                // paraphrases (in line1) of reference phrases of line2
-                for j in 0..n2 {
-                    for (len, idx) in pt.paths(&l2, j) {
-                        let words = &pt.paraphrases[idx as usize];
-                        for i in 0..n1 {
-                            if occurs(&l1, i, words) {
-                                let m = Match {
-                                    module: PARAPHRASE,
-                                    start: j,
-                                    len,
-                                    match_start: i,
-                                    match_len: words.len(),
-                                };
-                                add(m, &mut cand);
-                            }
-                        }
-                    }
-                }
-                // paraphrases (in line2) of reference phrases of line1
-                for i in 0..n1 {
-                    for (len, idx) in pt.paths(&l1, i) {
-                        let words = &pt.paraphrases[idx as usize];
-                        for j in 0..n2 {
-                            if occurs(&l2, j, words) {
-                                let m = Match {
-                                    module: PARAPHRASE,
-                                    start: j,
-                                    len: words.len(),
-                                    match_start: i,
-                                    match_len: len,
-                                };
-                                add(m, &mut cand);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-
-        // Fix one-to-one, non-overlapping matches.
-        let mut start = Partial {
-            matches: vec![None; n2],
-            m1: 0,
-            m2: 0,
-            chunks: 0,
-            idx: 0,
-            last_match_end: -1,
-            distance: 0,
-            used1: vec![false; n1],
-            used2: vec![false; n2],
-        };
-        for (i, c) in cand.iter().enumerate() {
-            if let [m] = c.as_slice() {
-                let overlap = (0..m.len).any(|k| cov2[i + k] != 1)
-                    || (0..m.match_len).any(|k| cov1[m.match_start + k] != 1);
-                if !overlap {
-                    start.matches[i] = Some(*m);
-                    start.set_used(m);
-                }
-            }
-        }
-        let best = self.resolve(&cand, start);
-
         // Statistics.
         let fw1: Vec<bool> = w1
             .iter()
@@ -902,19 +819,20 @@ impl Meteor {
             reference_function_words: fw2.iter().filter(|&&b| b).count() as f64,
             ..Default::default()
         };
-        for m in best.matches.iter().flatten() {
-            for k in 0..m.match_len {
-                if fw1[m.match_start + k] {
-                    st.test_stage_function[m.module] += 1.0;
+        for m in matches.iter().flatten() {
+            let module = m.module as usize;
+            for k in m.match_start..m.match_start + m.match_len {
+                if fw1[k as usize] {
+                    st.test_stage_function[module] += 1.0;
                 } else {
-                    st.test_stage_content[m.module] += 1.0;
+                    st.test_stage_content[module] += 1.0;
                 }
             }
-            for k in 0..m.len {
-                if fw2[m.start + k] {
-                    st.reference_stage_function[m.module] += 1.0;
+            for k in m.start..m.start + m.len {
+                if fw2[k as usize] {
+                    st.reference_stage_function[module] += 1.0;
                 } else {
-                    st.reference_stage_content[m.module] += 1.0;
+                    st.reference_stage_content[module] += 1.0;
                 }
             }
         }
@@ -923,7 +841,7 @@ impl Meteor {
         let mut idx = 0;
         let mut last_end: i64 = -1;
         while idx < n2 {
-            match best.matches[idx] {
+            match matches[idx] {
                 None => {
                     if last_end != -1 {
                         chunks += 1;
@@ -935,7 +853,7 @@ impl Meteor {
                     if last_end != -1 && m.match_start as i64 != last_end {
                         chunks += 1;
                     }
-                    idx = m.start + m.len;
+                    idx = (m.start + m.len) as usize;
                     last_end = (m.match_start + m.match_len) as i64;
                 }
             }
@@ -952,72 +870,6 @@ impl Meteor {
         st.test_word_matches = st.test_total_matches;
         st.reference_word_matches = st.reference_total_matches;
         st
-    }
-
-    /// `Aligner.resolve`: beam search for the best alignment.
-    #[allow(clippy::needless_range_loop)]
-    fn resolve(&self, cand: &[Vec<Match>], start: Partial) -> Partial {
-        let n2 = cand.len();
-        let beam = self.params.beam_size.max(1);
-        let mut next = vec![start];
-        for current in 0..=n2 {
-            let mut paths = std::mem::take(&mut next);
-            paths.sort_by(compare);
-            let first = paths[0].clone();
-            for mut path in paths.into_iter().take(beam) {
-                if current == n2 {
-                    if path.last_match_end != -1 {
-                        path.chunks += 1;
-                    }
-                    next.push(path);
-                    continue;
-                }
-                if path.used2[current] {
-                    if current < path.idx {
-                        next.push(path);
-                    } else if let Some(m) = path.matches.get(path.idx).copied().flatten() {
-                        path.add_counts(&m);
-                        if path.last_match_end != -1 && m.match_start as i64 != path.last_match_end
-                        {
-                            path.chunks += 1;
-                        }
-                        path.idx = m.start + m.len;
-                        path.last_match_end = (m.match_start + m.match_len) as i64;
-                        path.distance += (m.start as i64 - m.match_start as i64).abs();
-                        next.push(path);
-                    }
-                    continue;
-                }
-                for m in &cand[current] {
-                    if path.is_used(m) {
-                        continue;
-                    }
-                    let mut np = path.clone();
-                    np.set_used(m);
-                    np.matches[current] = Some(*m);
-                    np.add_counts(m);
-                    if np.last_match_end != -1 && m.match_start as i64 != np.last_match_end {
-                        np.chunks += 1;
-                    }
-                    np.idx = m.start + m.len;
-                    np.last_match_end = (m.match_start + m.match_len) as i64;
-                    // Jar quirk: the distance is added to the parent path.
-                    path.distance += (m.start as i64 - m.match_start as i64).abs();
-                    next.push(np);
-                }
-                if path.last_match_end != -1 {
-                    path.chunks += 1;
-                    path.last_match_end = -1;
-                }
-                path.idx += 1;
-                next.push(path);
-            }
-            if next.is_empty() {
-                next.push(first);
-            }
-        }
-        next.sort_by(compare);
-        next.swap_remove(0)
     }
 }
 
@@ -1047,5 +899,133 @@ mod tests {
         let a = m.score_segment("the cats ran", &["the cat ran"]);
         let b = m.score_segment("the dog ran", &["the cat ran"]);
         assert!(a > b);
+    }
+
+    /// Small synonym and paraphrase tables in the jar's formats.
+    fn with_tables(params: MeteorParams, syn: bool, para: bool) -> Meteor {
+        let mut m = Meteor::new(params);
+        if syn {
+            let lines = |t: &str| t.lines().map(str::to_string).collect::<Vec<_>>();
+            let exc = lines("run\nran\ngood\nbetter best");
+            let synsets = lines(
+                "cat\n1\ndog\n2 5\nhound\n2\nbig\n3\nlarge\n3 5\nrun\n4\nsprint\n4\ngood\n6\nfine\n6",
+            );
+            m.synonyms = Some(SynonymDictionary::from_lines(&exc, &synsets).expect("synonyms"));
+        }
+        if para {
+            let table = "0.5\nbig dog\nlarge hound\n0.4\nthe cat\na cat\n0.3\nrun\nsprints\n\
+                         0.2\na\nthe\n0.2\nlarge\nbig\n0.1\nthe big dog\na hound\n\
+                         0.1\nfine\nvery good\n0.1\ngood\nfine\n";
+            m.paraphrase =
+                Some(ParaphraseTable::from_reader(table.as_bytes()).expect("paraphrases"));
+        }
+        m
+    }
+
+    const VOCAB: &[&str] = &[
+        "the", "a", "cat", "cats", "dog", "dogs", "hound", "big", "large", "run", "ran", "runs",
+        "sprint", "sprints", "good", "better", "fine", "very", ",", ".",
+    ];
+
+    fn random_words(state: &mut u64, len: usize, vocab: usize) -> Vec<String> {
+        (0..len)
+            .map(|_| {
+                *state ^= *state << 13;
+                *state ^= *state >> 7;
+                *state ^= *state << 17;
+                VOCAB[(*state % vocab as u64) as usize].to_string()
+            })
+            .collect()
+    }
+
+    /// The bounded, shared-structure search picks exactly the alignment of the direct port
+    /// of the jar (`reference.rs`) on random segments below the candidate cap: all module
+    /// combinations, several beam sizes (beam 1 and 2 prune the hardest).
+    #[test]
+    fn alignment_equals_the_direct_port_of_the_jar() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        for (syn, para) in [(false, false), (true, false), (false, true), (true, true)] {
+            for beam in [1, 2, 3, 40] {
+                let m = with_tables(
+                    MeteorParams {
+                        beam_size: beam,
+                        ..Default::default()
+                    },
+                    syn,
+                    para,
+                );
+                for case in 0..40 {
+                    let vocab = 3 + case % (VOCAB.len() - 2);
+                    let n1 = (case * 7) % 37;
+                    let n2 = (case * 11 + 3) % 41;
+                    let w1 = random_words(&mut state, n1, vocab);
+                    let mut w2 = random_words(&mut state, n2, vocab);
+                    if case % 13 == 0 {
+                        w2 = w1.clone(); // identical: exact module only
+                    }
+                    let new = align::align(&m, &w1, &w2);
+                    let old = reference::align(&m, &w1, &w2);
+                    assert_eq!(new, old, "syn {syn} para {para} beam {beam} case {case}");
+                }
+            }
+        }
+    }
+
+    /// The same on longer segments (up to 150 words; no word near 64 occurrences).
+    #[test]
+    fn alignment_equals_the_direct_port_on_longer_segments() {
+        let mut state = 0xDEAD_BEEF_u64;
+        let m = with_tables(MeteorParams::default(), true, true);
+        for case in 0..3 {
+            let w1 = random_words(&mut state, 100 + case * 20, VOCAB.len());
+            let w2 = random_words(&mut state, 150 - case * 15, VOCAB.len());
+            assert_eq!(
+                align::align(&m, &w1, &w2),
+                reference::align(&m, &w1, &w2),
+                "case {case}"
+            );
+        }
+    }
+
+    /// Past `FULL_SEARCH_CANDIDATES` the candidates are capped: a 1,100-word segment of
+    /// one repeated word (1.2 M candidate pairs) still aligns into one chunk.
+    #[test]
+    fn capped_search_on_a_repeated_word() {
+        let m = Meteor::default();
+        let n = 1_100;
+        assert!(n * (n - 1) > FULL_SEARCH_CANDIDATES);
+        let mut hyp = vec!["a".to_string(); n - 1];
+        hyp.push("b".to_string());
+        let reference = vec!["a".to_string(); n];
+        let matches = align::align(&m, &hyp, &reference);
+        assert_eq!(matches.iter().flatten().count(), n - 1);
+        let st = m.stats(&hyp, &reference, &matches);
+        assert_eq!(st.chunks, 1.0);
+        // Fmean ~ 1, fragmentation penalty 0.6 * (1/1099)^0.2 = 0.148.
+        assert!(
+            (st.score(&m.params) - 0.852).abs() < 1e-3,
+            "{}",
+            st.score(&m.params)
+        );
+    }
+
+    #[test]
+    fn corpus_errors_name_pair_and_side() {
+        let m = Meteor::default();
+        let long = "w ".repeat(crate::MAX_SEGMENT_WORDS + 1);
+        let e = m.score_corpus(&["a", "b"], &[vec!["a"], vec!["c", &long]]);
+        assert_eq!(
+            e,
+            Err(crate::MetricsError::SegmentTooLong {
+                index: 1,
+                side: crate::Side::Reference(1),
+                words: crate::MAX_SEGMENT_WORDS + 1,
+                max: crate::MAX_SEGMENT_WORDS,
+            })
+        );
+        let e = m.try_score_corpus(&[&long], &[vec!["a"]]).unwrap_err();
+        assert!(e.contains("pair 0") && e.contains("hypothesis"), "{e}");
+        let e = m.try_score_corpus(&["a"], &[]).unwrap_err();
+        assert_eq!(e, "METEOR: 1 hypotheses but 0 reference lists");
     }
 }

@@ -201,9 +201,87 @@ fn replace_lit(s: &[char], from: &str, to: &str) -> Vec<char> {
     out
 }
 
+#[cfg(test)]
 fn contains(s: &[char], pat: &str) -> bool {
     let p: Vec<char> = pat.chars().collect();
     p.len() <= s.len() && s.windows(p.len()).any(|w| w == &p[..])
+}
+
+const DOTMULTI: [char; 8] = ['D', 'O', 'T', 'M', 'U', 'L', 'T', 'I'];
+
+/// The jar's loop `while (line.contains("DOTMULTI.")) { line =
+/// line.replaceAll("DOTMULTI\\.([^\\.])", "DOTDOTMULTI $1").replaceAll("DOTMULTI\\.",
+/// "DOTDOTMULTI"); }` in one pass. Each pass moves one dot after every `DOTMULTI` to a
+/// `DOT` before it (the second `replaceAll`), except that a `DOTMULTI` with one dot left
+/// and a character after it takes the first `replaceAll` instead, which also puts a
+/// space after it: `DOTMULTI` + `d` dots + `x` ends as `DOT`×d + `DOTMULTI ` + `x`. The
+/// first `replaceAll` consumes `x`, so when `x` is the `D` of the next `DOTMULTI` and
+/// that one has one dot in the same (first) pass, i.e. both had one dot, the next one
+/// takes the second `replaceAll` and gets no space. (With more dots, the next one has
+/// grown a `DOT` in front by then, whose `D` is consumed instead.) The loop takes one pass per dot, quadratic on a long
+/// run of dots; this is linear (checked against the loop by the tests).
+fn escape_dot_runs(w: &[char]) -> Vec<char> {
+    let mut out = Vec::with_capacity(w.len() + 16);
+    // The last `DOTMULTI` with dots: where its dots end, how many, and whether it took
+    // the first `replaceAll` (consuming the character after it).
+    let mut prev: Option<(usize, usize, bool)> = None;
+    let mut i = 0;
+    while i < w.len() {
+        if w[i..].starts_with(&DOTMULTI) {
+            let dots = w[i + 8..].iter().take_while(|&&c| c == '.').count();
+            if dots > 0 {
+                let end = i + 8 + dots;
+                let blocked = dots == 1 && prev == Some((i, 1, true));
+                let spaced = end < w.len() && !blocked;
+                for _ in 0..dots {
+                    out.extend_from_slice(&['D', 'O', 'T']);
+                }
+                out.extend_from_slice(&DOTMULTI);
+                if spaced {
+                    out.push(' ');
+                }
+                prev = Some((end, dots, spaced));
+                i = end;
+                continue;
+            }
+        }
+        out.push(w[i]);
+        i += 1;
+    }
+    out
+}
+
+/// The jar's `while (line.contains("DOTDOTMULTI")) line = line.replaceAll("DOTDOTMULTI",
+/// "DOTMULTI."); line = line.replaceAll("DOTMULTI", ".");` in one pass: every `MULTI`
+/// preceded by `a ≥ 1` consecutive `DOT`s becomes `a` dots (the loop moves one `DOT` per
+/// pass, quadratic on a long run; this is linear, checked against the loop by the tests).
+fn unescape_dot_runs(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    // `out` receives everything up to `done`; a run of DOTs is held back until it is
+    // known whether `MULTI` follows.
+    let mut done = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i..].starts_with(b"DOT") {
+            let start = i;
+            let mut dots = 0;
+            while b[i..].starts_with(b"DOT") {
+                i += 3;
+                dots += 1;
+            }
+            if b[i..].starts_with(b"MULTI") {
+                out.push_str(&s[done..start]);
+                out.extend(std::iter::repeat_n('.', dots));
+                i += 5;
+                done = i;
+            }
+            continue;
+        }
+        i += 1;
+    }
+    out.push_str(&s[done..]);
+    out
 }
 
 impl Normalizer {
@@ -244,27 +322,7 @@ impl Normalizer {
                 i += 1;
             }
         }
-        w = t;
-        while contains(&w, "DOTMULTI.") {
-            // `DOTMULTI\.([^\.])` -> "DOTDOTMULTI $1"
-            let pat: Vec<char> = "DOTMULTI.".chars().collect();
-            let mut t = Vec::with_capacity(w.len() + 8);
-            let mut i = 0;
-            while i < w.len() {
-                if i + pat.len() < w.len()
-                    && w[i..i + pat.len()] == pat[..]
-                    && w[i + pat.len()] != '.'
-                {
-                    t.extend("DOTDOTMULTI ".chars());
-                    t.push(w[i + pat.len()]);
-                    i += pat.len() + 1;
-                } else {
-                    t.push(w[i]);
-                    i += 1;
-                }
-            }
-            w = replace_lit(&t, "DOTMULTI.", "DOTDOTMULTI");
-        }
+        w = escape_dot_runs(&t);
 
         // Separate commas except within numbers.
         let nd = |c: char| !is_digit(c);
@@ -340,11 +398,7 @@ impl Normalizer {
         }
 
         // Unescape multiple dots.
-        let mut s = sb;
-        while s.contains("DOTDOTMULTI") {
-            s = s.replace("DOTDOTMULTI", "DOTMULTI.");
-        }
-        s = s.replace("DOTMULTI", ".");
+        let s = unescape_dot_runs(&sb);
 
         // Normalise whitespace, then Java `trim()` (strips chars <= U+0020).
         let mut out = String::with_capacity(s.len());
@@ -376,4 +430,75 @@ pub(crate) fn tokenize(s: &str) -> Vec<String> {
         .filter(|w| !w.is_empty())
         .map(str::to_string)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The jar's loops, as this crate ran them before (one pass per dot).
+    fn escape_loop(w: &[char]) -> Vec<char> {
+        let mut w = w.to_vec();
+        while contains(&w, "DOTMULTI.") {
+            let pat: Vec<char> = "DOTMULTI.".chars().collect();
+            let mut t = Vec::with_capacity(w.len() + 8);
+            let mut i = 0;
+            while i < w.len() {
+                if i + pat.len() < w.len()
+                    && w[i..i + pat.len()] == pat[..]
+                    && w[i + pat.len()] != '.'
+                {
+                    t.extend("DOTDOTMULTI ".chars());
+                    t.push(w[i + pat.len()]);
+                    i += pat.len() + 1;
+                } else {
+                    t.push(w[i]);
+                    i += 1;
+                }
+            }
+            w = replace_lit(&t, "DOTMULTI.", "DOTDOTMULTI");
+        }
+        w
+    }
+
+    fn unescape_loop(s: &str) -> String {
+        let mut s = s.to_string();
+        while s.contains("DOTDOTMULTI") {
+            s = s.replace("DOTDOTMULTI", "DOTMULTI.");
+        }
+        s.replace("DOTMULTI", ".")
+    }
+
+    #[test]
+    fn one_pass_dot_escapes_equal_the_jar_loops() {
+        const PIECES: [&str; 10] = [
+            ".",
+            "..",
+            "DOTMULTI",
+            "DOT",
+            "MULTI",
+            "DOTDOTMULTI",
+            " ",
+            "a",
+            "D",
+            "OT",
+        ];
+        let mut state = 0x1234_5678_9ABC_DEF0u64;
+        for case in 0..3000 {
+            let mut text = String::new();
+            for _ in 0..(case % 17) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                text.push_str(PIECES[(state % PIECES.len() as u64) as usize]);
+            }
+            let w: Vec<char> = text.chars().collect();
+            assert_eq!(escape_dot_runs(&w), escape_loop(&w), "{text:?}");
+            assert_eq!(unescape_dot_runs(&text), unescape_loop(&text), "{text:?}");
+        }
+        // A long run of dots stays one token and is linear.
+        let n = Normalizer::default();
+        let dots = ".".repeat(20_000);
+        assert_eq!(n.normalize(&format!("a{dots}b")), format!("a {dots} b"));
+    }
 }

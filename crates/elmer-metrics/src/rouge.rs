@@ -40,9 +40,23 @@
 //!
 //! Empty inputs: an empty (or token-less, e.g. `"!!"`, `"北京"`) hypothesis or
 //! reference gives P = R = F = 0 for every type.
+//!
+//! ## Long texts
+//! The LCS of ROUGE-L, ROUGE-Lsum and COCO ROUGE-L takes time proportional to the product
+//! of the two lengths (64 table cells per machine-word operation) but only linear memory:
+//! `rouge-score`'s full `(n+1)·(m+1)` table is never built (the LCS length keeps one bit
+//! row; ROUGE-Lsum's backtrace, which must pick exactly `rouge-score`'s LCS, keeps about
+//! `2·√n` bit rows per sentence pair). ROUGE-Lsum also skips the sentence pairs that
+//! cannot add to a reference sentence's union LCS (a repeated hypothesis sentence, or one
+//! sharing no word with the reference sentence's positions still outside the union), so
+//! one word per line costs no more than one line. The functions that return a `Result`
+//! reject a text of more than [`MAX_SEGMENT_WORDS`](crate::MAX_SEGMENT_WORDS) tokens with
+//! [`MetricsError::SegmentTooLong`]. A 30,000-word pair scores in about 0.1 s (release
+//! build), on one line or one sentence per line.
 
-use crate::tokenize::{lcs_length, ngram_counts, rouge_tokenize_into, split_on_space, FxHashMap};
-use crate::MetricsError;
+use crate::lcs::{lcs_len, lcs_ref_indices_with, Interner, LcsScratch, Masks, NO_MATCH};
+use crate::tokenize::{ngram_counts, rouge_tokenize_into, split_on_space, FxHashMap};
+use crate::{MetricsError, Side};
 
 /// Precision, recall and F1 of one ROUGE type (`rouge_score.scoring.Score`, whose
 /// `fmeasure` field is called `f1` here).
@@ -155,7 +169,9 @@ impl RougeScorer {
     /// the scores of the reference with the highest F1 (first one on ties).
     ///
     /// Errors with [`MetricsError::NoReferences`] (index 0) if `refs` is empty
-    /// (`rouge-score` raises there).
+    /// (`rouge-score` raises there), and with [`MetricsError::SegmentTooLong`] (index 0)
+    /// if the hypothesis or a reference has more than
+    /// [`MAX_SEGMENT_WORDS`](crate::MAX_SEGMENT_WORDS) tokens.
     pub fn score_multi<R: AsRef<str>>(
         &self,
         hyp: &str,
@@ -174,9 +190,12 @@ impl RougeScorer {
             return Err(MetricsError::NoReferences { index });
         }
         let h = Tokenized::new(hyp, self.stem);
+        MetricsError::check_length(index, Side::Hypothesis, h.all.len())?;
         let mut best: Option<RougeScores> = None;
-        for r in refs {
-            let s = score_tokenized(&h, &Tokenized::new(r.as_ref(), self.stem));
+        for (k, r) in refs.iter().enumerate() {
+            let r = Tokenized::new(r.as_ref(), self.stem);
+            MetricsError::check_length(index, Side::Reference(k), r.all.len())?;
+            let s = score_tokenized(&h, &r);
             best = Some(match best {
                 None => s,
                 Some(b) => RougeScores {
@@ -192,7 +211,9 @@ impl RougeScorer {
 
     /// Per-pair scores ([`Self::score_multi`]) for a corpus.
     ///
-    /// Errors if `hyps.len() != refs.len()` or some pair has no reference.
+    /// Errors if `hyps.len() != refs.len()`, some pair has no reference, or a text has
+    /// more than [`MAX_SEGMENT_WORDS`](crate::MAX_SEGMENT_WORDS) tokens
+    /// ([`MetricsError::SegmentTooLong`] with the pair index and side).
     pub fn score_pairs<H: AsRef<str>, R: AsRef<str>>(
         &self,
         hyps: &[H],
@@ -208,7 +229,7 @@ impl RougeScorer {
 
     /// Corpus score: the mean over pairs of the [`Self::score_multi`] P, R and F1
     /// (the exact mean that `BootstrapAggregator`'s `mid` estimates). Empty
-    /// corpus: all zeros.
+    /// corpus: all zeros. Errors as [`Self::score_pairs`].
     pub fn score_corpus<H: AsRef<str>, R: AsRef<str>>(
         &self,
         hyps: &[H],
@@ -294,9 +315,10 @@ pub fn rouge_l<T: AsRef<str>>(hyp: &[T], reference: &[T]) -> Score {
     if hyp.is_empty() || reference.is_empty() {
         return Score::default();
     }
-    let h: Vec<&str> = hyp.iter().map(AsRef::as_ref).collect();
-    let r: Vec<&str> = reference.iter().map(AsRef::as_ref).collect();
-    let lcs = lcs_length(&r, &h) as f64;
+    let mut ids = Interner::new();
+    let h = ids.ids(hyp.iter().map(AsRef::as_ref));
+    let r = ids.ids(reference.iter().map(AsRef::as_ref));
+    let lcs = lcs_len(&r, &h, ids.len()) as f64;
     Score::from_pr(lcs / h.len() as f64, lcs / r.len() as f64)
 }
 
@@ -305,80 +327,130 @@ pub fn rouge_lsum<T: AsRef<str>>(hyp_lines: &[&[T]], ref_lines: &[&[T]]) -> Scor
     if hyp_lines.is_empty() || ref_lines.is_empty() {
         return Score::default();
     }
-    let hyp: Vec<Vec<&str>> = hyp_lines
+    let mut ids = Interner::new();
+    let hyp: Vec<Vec<u32>> = hyp_lines
         .iter()
-        .map(|l| l.iter().map(AsRef::as_ref).collect())
+        .map(|l| ids.ids(l.iter().map(AsRef::as_ref)))
         .collect();
-    let refs: Vec<Vec<&str>> = ref_lines
+    let refs: Vec<Vec<u32>> = ref_lines
         .iter()
-        .map(|l| l.iter().map(AsRef::as_ref).collect())
+        .map(|l| ids.ids(l.iter().map(AsRef::as_ref)))
         .collect();
     let m: usize = refs.iter().map(Vec::len).sum();
     let n: usize = hyp.iter().map(Vec::len).sum();
     if m == 0 || n == 0 {
         return Score::default();
     }
-    let mut cnt_r: FxHashMap<&str, usize> = FxHashMap::default();
-    let mut cnt_c: FxHashMap<&str, usize> = FxHashMap::default();
-    for t in refs.iter().flatten() {
-        *cnt_r.entry(t).or_insert(0) += 1;
+    let mut cnt_r = vec![0usize; ids.len()];
+    let mut cnt_c = vec![0usize; ids.len()];
+    for &t in refs.iter().flatten() {
+        cnt_r[t as usize] += 1;
     }
-    for t in hyp.iter().flatten() {
-        *cnt_c.entry(t).or_insert(0) += 1;
+    for &t in hyp.iter().flatten() {
+        cnt_c[t as usize] += 1;
     }
+    let v = ids.len();
+    // The distinct hypothesis lines (equal lines have equal LCSs with any reference
+    // line), each with its distinct tokens in first-appearance order (its local ids
+    // 0..k) and, built on first use, its match masks.
+    let mut distinct: FxHashMap<&[u32], usize> = FxHashMap::default();
+    let mut lines: Vec<(&[u32], Vec<u32>, Option<Masks>)> = Vec::new();
+    // For each token id: the distinct hypothesis lines that contain it.
+    let mut containing: Vec<Vec<u32>> = vec![Vec::new(); v];
+    let mut seen = vec![u32::MAX; v];
+    for c in &hyp {
+        distinct.entry(c.as_slice()).or_insert_with(|| {
+            let d = lines.len();
+            let mut toks = Vec::new();
+            for &t in c {
+                if seen[t as usize] != d as u32 {
+                    seen[t as usize] = d as u32;
+                    toks.push(t);
+                    containing[t as usize].push(d as u32);
+                }
+            }
+            lines.push((c.as_slice(), toks, None));
+            d
+        });
+    }
+    // For each reference line, the union of the LCS positions over the hypothesis lines
+    // (`marked`). A hypothesis line can only add positions whose token it contains, so
+    // only the lines containing a token with a position not yet in the union are
+    // visited, token by token, until every position of the token is in; the union is
+    // the same as over all lines, but repeated lines and words cost no more pairs.
+    let mut marked: Vec<bool> = Vec::new();
+    let mut unmarked = vec![0usize; v]; // per token: its positions in r not yet marked
+    let mut visited = vec![usize::MAX; lines.len()];
+    let mut token_done = vec![usize::MAX; v]; // token already iterated for this r
+    let mut local = vec![NO_MATCH; v];
+    let mut scratch = LcsScratch::default();
+    let (mut c_ids, mut r_ids, mut ind) = (Vec::new(), Vec::new(), Vec::new());
     let mut hits = 0usize;
-    for r in &refs {
-        // Union (sorted, deduplicated) of the LCS reference positions.
-        let mut union: Vec<usize> = hyp.iter().flat_map(|c| lcs_indices(r, c)).collect();
-        union.sort_unstable();
-        union.dedup();
-        for i in union {
-            let t = r[i];
-            let (Some(cc), Some(cr)) = (cnt_c.get_mut(t), cnt_r.get_mut(t)) else {
+    for (ri, r) in refs.iter().enumerate() {
+        marked.clear();
+        marked.resize(r.len(), false);
+        for &t in r {
+            unmarked[t as usize] += 1;
+        }
+        let mut remaining = r.len();
+        for &t in r {
+            if remaining == 0 {
+                break;
+            }
+            if token_done[t as usize] == ri {
                 continue;
-            };
-            if *cc > 0 && *cr > 0 {
+            }
+            token_done[t as usize] = ri;
+            for &d in &containing[t as usize] {
+                if unmarked[t as usize] == 0 {
+                    break;
+                }
+                let d = d as usize;
+                if visited[d] == ri {
+                    continue;
+                }
+                visited[d] = ri;
+                let (c, toks, masks) = &mut lines[d];
+                for (k, &x) in toks.iter().enumerate() {
+                    local[x as usize] = k as u32;
+                }
+                c_ids.clear();
+                c_ids.extend(c.iter().map(|&x| local[x as usize]));
+                r_ids.clear();
+                r_ids.extend(r.iter().map(|&x| local[x as usize]));
+                for &x in toks.iter() {
+                    local[x as usize] = NO_MATCH;
+                }
+                // The LCS `rouge_score.rouge_scorer.lcs_ind` picks (full table, then
+                // `_backtrack_norec`), computed in linear memory.
+                let m = masks.get_or_insert_with(|| Masks::new(&c_ids, toks.len()));
+                lcs_ref_indices_with(&r_ids, &c_ids, m, &mut scratch, &mut ind);
+                for &i in &ind {
+                    if !marked[i] {
+                        marked[i] = true;
+                        unmarked[r[i] as usize] -= 1;
+                        remaining -= 1;
+                    }
+                }
+            }
+        }
+        for &t in r {
+            unmarked[t as usize] = 0;
+        }
+        // The union, in ascending reference position.
+        for (i, &t) in r.iter().enumerate() {
+            if !marked[i] {
+                continue;
+            }
+            let t = t as usize;
+            if cnt_c[t] > 0 && cnt_r[t] > 0 {
                 hits += 1;
-                *cc -= 1;
-                *cr -= 1;
+                cnt_c[t] -= 1;
+                cnt_r[t] -= 1;
             }
         }
     }
     Score::from_pr(hits as f64 / n as f64, hits as f64 / m as f64)
-}
-
-/// Indices into `reference` of the one LCS that `rouge_score.rouge_scorer.lcs_ind`
-/// returns (full DP table, then `_backtrack_norec`: on a mismatch move left in the
-/// candidate only if that cell is strictly larger than the one above).
-fn lcs_indices(reference: &[&str], cand: &[&str]) -> Vec<usize> {
-    let rows = reference.len();
-    let cols = cand.len();
-    let w = cols + 1;
-    let mut t = vec![0u32; (rows + 1) * w];
-    for i in 1..=rows {
-        for j in 1..=cols {
-            t[i * w + j] = if reference[i - 1] == cand[j - 1] {
-                t[(i - 1) * w + j - 1] + 1
-            } else {
-                t[(i - 1) * w + j].max(t[i * w + j - 1])
-            };
-        }
-    }
-    let (mut i, mut j) = (rows, cols);
-    let mut out = Vec::new();
-    while i > 0 && j > 0 {
-        if reference[i - 1] == cand[j - 1] {
-            out.push(i - 1);
-            i -= 1;
-            j -= 1;
-        } else if t[i * w + j - 1] > t[(i - 1) * w + j] {
-            j -= 1;
-        } else {
-            i -= 1;
-        }
-    }
-    out.reverse();
-    out
 }
 
 /// `beta` of pycocoevalcap's ROUGE-L.
@@ -397,7 +469,9 @@ pub const COCO_ROUGE_BETA: f64 = 1.2;
 /// if `P == 0` or `R == 0`. Consequently an empty hypothesis scores 1.0 against
 /// an empty reference (both are `[""]`).
 ///
-/// Errors with [`MetricsError::NoReferences`] if `refs` is empty.
+/// Errors with [`MetricsError::NoReferences`] if `refs` is empty, and with
+/// [`MetricsError::SegmentTooLong`] if the hypothesis or a reference has more than
+/// [`MAX_SEGMENT_WORDS`](crate::MAX_SEGMENT_WORDS) tokens.
 pub fn coco_rouge_l<R: AsRef<str>>(hyp: &str, refs: &[R]) -> Result<f64, MetricsError> {
     coco_rouge_l_at(hyp, refs, 0)
 }
@@ -410,12 +484,15 @@ fn coco_rouge_l_at<R: AsRef<str>>(
     if refs.is_empty() {
         return Err(MetricsError::NoReferences { index });
     }
-    let c = split_on_space(hyp);
+    let mut ids = Interner::new();
+    let c = ids.ids(split_on_space(hyp));
+    MetricsError::check_length(index, Side::Hypothesis, c.len())?;
     let mut p_max = f64::NEG_INFINITY;
     let mut r_max = f64::NEG_INFINITY;
-    for r in refs {
-        let t = split_on_space(r.as_ref());
-        let lcs = lcs_length(&t, &c) as f64;
+    for (k, r) in refs.iter().enumerate() {
+        let t = ids.ids(split_on_space(r.as_ref()));
+        MetricsError::check_length(index, Side::Reference(k), t.len())?;
+        let lcs = lcs_len(&t, &c, ids.len()) as f64;
         p_max = p_max.max(lcs / c.len() as f64);
         r_max = r_max.max(lcs / t.len() as f64);
     }
@@ -440,7 +517,9 @@ pub struct CocoRougeL {
 /// MS-COCO ROUGE-L over a corpus (`pycocoevalcap.rouge.Rouge().compute_score(gts, res)`):
 /// the mean of the per-pair [`coco_rouge_l`] values.
 ///
-/// Errors if `hyps.len() != refs.len()` or some pair has no reference.
+/// Errors if `hyps.len() != refs.len()`, some pair has no reference, or a text has more
+/// than [`MAX_SEGMENT_WORDS`](crate::MAX_SEGMENT_WORDS) tokens
+/// ([`MetricsError::SegmentTooLong`] with the pair index and side).
 pub fn coco_rouge_l_corpus<H: AsRef<str>, R: AsRef<str>>(
     hyps: &[H],
     refs: &[Vec<R>],
@@ -463,6 +542,110 @@ pub fn coco_rouge_l_corpus<H: AsRef<str>, R: AsRef<str>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lcs::lcs_ref_indices_table;
+    use crate::tokenize::{lcs_length, FxHashMap};
+
+    /// `rouge_score`'s `_summary_level_lcs` as this crate computed it before the
+    /// linear-memory LCS: full `(n+1)(m+1)` table per sentence pair.
+    fn quadratic_lsum(hyp: &[Vec<&str>], refs: &[Vec<&str>]) -> Score {
+        let m: usize = refs.iter().map(Vec::len).sum();
+        let n: usize = hyp.iter().map(Vec::len).sum();
+        if hyp.is_empty() || refs.is_empty() || m == 0 || n == 0 {
+            return Score::default();
+        }
+        let mut cnt_r: FxHashMap<&str, usize> = FxHashMap::default();
+        let mut cnt_c: FxHashMap<&str, usize> = FxHashMap::default();
+        for t in refs.iter().flatten() {
+            *cnt_r.entry(t).or_insert(0) += 1;
+        }
+        for t in hyp.iter().flatten() {
+            *cnt_c.entry(t).or_insert(0) += 1;
+        }
+        let mut hits = 0usize;
+        for r in refs {
+            let mut union: Vec<usize> = hyp
+                .iter()
+                .flat_map(|c| lcs_ref_indices_table(r, c))
+                .collect();
+            union.sort_unstable();
+            union.dedup();
+            for i in union {
+                let t = r[i];
+                let (Some(cc), Some(cr)) = (cnt_c.get_mut(t), cnt_r.get_mut(t)) else {
+                    continue;
+                };
+                if *cc > 0 && *cr > 0 {
+                    hits += 1;
+                    *cc -= 1;
+                    *cr -= 1;
+                }
+            }
+        }
+        Score::from_pr(hits as f64 / n as f64, hits as f64 / m as f64)
+    }
+
+    /// Random multi-line texts over a small alphabet: lines of 0..100 words (long enough
+    /// for several 64-bit words per bit row), 1..8 lines per side.
+    fn random_lines(state: &mut u64, alphabet: u64) -> Vec<Vec<&'static str>> {
+        const WORDS: [&str; 8] = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        let mut next = || {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            *state
+        };
+        let lines = 1 + next() % 8;
+        (0..lines)
+            .map(|_| {
+                let len = next() % 100;
+                (0..len)
+                    .map(|_| WORDS[(next() % alphabet) as usize])
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn linear_memory_lcs_scores_equal_the_quadratic_ones() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for case in 0..120 {
+            let alphabet = 1 + case % 8;
+            let mut hyp = random_lines(&mut state, alphabet);
+            let refs = random_lines(&mut state, alphabet);
+            if case % 4 == 0 {
+                // Repeated hypothesis lines, and one-word lines.
+                hyp.push(hyp[0].clone());
+                hyp.insert(0, refs[0].iter().take(1).copied().collect());
+                hyp.push(hyp[0].clone());
+            }
+            let h: Vec<&[&str]> = hyp.iter().map(Vec::as_slice).collect();
+            let r: Vec<&[&str]> = refs.iter().map(Vec::as_slice).collect();
+            assert_eq!(
+                rouge_lsum(&h, &r),
+                quadratic_lsum(&hyp, &refs),
+                "case {case}"
+            );
+            let (hf, rf) = (hyp.concat(), refs.concat());
+            let want = if hf.is_empty() || rf.is_empty() {
+                Score::default()
+            } else {
+                let lcs = lcs_length(&rf, &hf) as f64;
+                Score::from_pr(lcs / hf.len() as f64, lcs / rf.len() as f64)
+            };
+            assert_eq!(rouge_l(&hf, &rf), want, "case {case}");
+            // COCO ROUGE-L: split on single spaces (empty fields included).
+            let (hs, rs) = (hf.join(" "), rf.join(" "));
+            let (c, t) = (split_on_space(&hs), split_on_space(&rs));
+            let lcs = lcs_length(&t, &c) as f64;
+            let (p, rc) = (lcs / c.len() as f64, lcs / t.len() as f64);
+            let want = if p != 0.0 && rc != 0.0 {
+                (1.0 + 1.44) * p * rc / (rc + 1.44 * p)
+            } else {
+                0.0
+            };
+            assert_eq!(coco_rouge_l(&hs, &[&rs]).unwrap(), want, "case {case}");
+        }
+    }
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-12

@@ -191,9 +191,13 @@ pub fn ngram_counts<T: Eq + Hash>(tokens: &[T], n: usize) -> FxHashMap<&[T], usi
     counts
 }
 
-/// Length of the longest common subsequence of `a` and `b` (classic DP,
-/// O(|a|·|b|) time, O(min) memory). Same value as `rouge_score`'s
+/// Length of the longest common subsequence of `a` and `b` (classic DP keeping two
+/// rows: O(|a|·|b|) time, O(min(|a|, |b|)) memory). Same value as `rouge_score`'s
 /// `_lcs_table(...)[-1][-1]` and `pycocoevalcap`'s `my_lcs`.
+///
+/// The scorers of this crate do not call it: they map tokens to integer ids and use a
+/// bit-parallel LCS (64 cells per word operation, also linear memory), which gives the
+/// same value; this generic version is kept for tokens that are only `PartialEq`.
 pub fn lcs_length<T: PartialEq>(a: &[T], b: &[T]) -> usize {
     let (long, short) = if a.len() >= b.len() { (a, b) } else { (b, a) };
     if short.is_empty() {
