@@ -266,6 +266,11 @@ impl BartTokenizer {
     pub fn from_tokenizer_json(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = read_to_string(path)?;
+        // JSON syntax is checked first: tokenizers 0.22 panics (`expect("Helper")` in the
+        // decoder's deserializer) on a syntax error inside the `decoder` section, e.g. a
+        // truncated or corrupt file (regression fixtures tests/fixtures/fuzz/tokenizer-*).
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+            .map_err(|e| tok_err(Some(path), format!("cannot load: {e}")))?;
         let tokenizer: Tokenizer = text
             .parse()
             .map_err(|e: tokenizers::Error| tok_err(Some(path), format!("cannot load: {e}")))?;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor};
 
 use super::parse_err;
+use super::pickle::PthFile;
 use super::safetensors_file::SafeFile;
 use super::WeightFormat;
 use crate::error::{Error, Result};
@@ -14,7 +15,7 @@ use crate::model_dir::ModelDir;
 
 enum Source {
     Safe(SafeFile),
-    Pth(candle_core::pickle::PthTensors),
+    Pth(PthFile),
 }
 
 pub(crate) struct TensorFiles {
@@ -74,13 +75,9 @@ impl TensorFiles {
                     sources.push(Source::Safe(st));
                 }
                 _ => {
-                    let pth = candle_core::pickle::PthTensors::new(f, None)
-                        .map_err(|e| parse_err(f, e))?;
-                    for (name, info) in pth.tensor_infos() {
-                        index.insert(
-                            name.clone(),
-                            (i, info.dtype, info.layout.shape().dims().to_vec()),
-                        );
+                    let pth = PthFile::open(f)?;
+                    for (name, dtype, shape) in pth.infos() {
+                        index.insert(name.to_string(), (i, dtype, shape.to_vec()));
                     }
                     sources.push(Source::Pth(pth));
                 }
@@ -106,12 +103,12 @@ impl TensorFiles {
             hint: None,
         })?;
         let file = &self.files[*i];
-        let t = match &self.sources[*i] {
-            Source::Safe(st) => st.load(name),
-            Source::Pth(p) => p.get(name).and_then(|o| {
-                o.ok_or_else(|| candle_core::Error::Msg(format!("tensor {name} not found")))
-            }),
-        };
-        t.map_err(|e| parse_err(file, format!("tensor `{name}`: {e}")))
+        match &self.sources[*i] {
+            Source::Safe(st) => st
+                .load(name)
+                .map_err(|e| parse_err(file, format!("tensor `{name}`: {e}"))),
+            // Errors already name the file and the tensor.
+            Source::Pth(p) => p.load(name),
+        }
     }
 }

@@ -19,6 +19,7 @@ mod files;
 mod hub;
 mod load;
 mod names;
+mod pickle;
 mod resolve;
 mod safetensors_file;
 mod save;

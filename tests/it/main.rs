@@ -10,6 +10,7 @@ mod config;
 mod corruption_properties;
 mod data_readers;
 mod finetune;
+mod fuzz;
 mod generate;
 mod model_parity;
 mod tokenizer_parity;
