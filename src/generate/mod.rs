@@ -40,10 +40,10 @@ pub struct GenerationConfig {
     /// The authors' post-processing: collapse consecutive repeated words in the text
     /// (ids and exit layers are left as generated). Off by default.
     pub collapse_repeats: bool,
-    /// Most padded source tokens per model call (batch x longest source); a batch of
-    /// `batch_size` sources over this budget runs as several calls, so peak memory is bounded
-    /// by the budget, not by `batch_size`. Results do not change (they never depend on the
-    /// batch). Default 8192.
+    /// Most tokens per model call on either side: batch x longest source, and batch x
+    /// `max_len` (the decoder slot). A batch of `batch_size` sources over this budget runs as
+    /// several calls, so peak memory is bounded by the budget, not by `batch_size`. Results do
+    /// not change (they never depend on the batch). Default 2048.
     pub max_batch_tokens: usize,
 }
 
@@ -55,7 +55,7 @@ impl Default for GenerationConfig {
             batch_size: 16,
             max_source_len: None,
             collapse_repeats: false,
-            max_batch_tokens: 8192,
+            max_batch_tokens: 2048,
         }
     }
 }
@@ -275,10 +275,10 @@ impl<'a> Generator<'a> {
         let mut results: Vec<Option<Generation>> = vec![None; sources.len()];
         for chunk in order.chunks(self.config.batch_size) {
             // Cut the batch so no model call holds more than `max_batch_tokens` padded source
-            // tokens (the batch is sorted longest first: the first source sets the padding).
+            // or slot tokens (sorted longest first: the first source sets the padding).
             let mut rest = chunk;
             while !rest.is_empty() {
-                let longest = sources[rest[0]].len().max(1);
+                let longest = sources[rest[0]].len().max(self.config.max_len).max(1);
                 let n = (self.config.max_batch_tokens / longest).clamp(1, rest.len());
                 let (part, tail) = rest.split_at(n);
                 rest = tail;
