@@ -54,6 +54,19 @@ pub fn train_bar(total_steps: usize, prefix: &str) -> ProgressBar {
     )
 }
 
+/// A training bar over `trainer`'s configured steps, starting at its current step and moved
+/// by its progress callback; call `finish_and_clear` when the run returns.
+pub fn attach_train_bar(trainer: &mut elmer::train::Trainer, prefix: &str) -> ProgressBar {
+    let bar = train_bar(trainer.state().config.steps, prefix);
+    bar.set_position(trainer.state().step as u64);
+    let b = bar.clone();
+    trainer.set_progress(move |p| {
+        b.set_position(p.step as u64);
+        b.set_message(train_message(p));
+    });
+    bar
+}
+
 /// The training bar's message: loss, tokens/s, ETA (the trainer's estimate).
 pub fn train_message(p: &elmer::train::StepProgress<'_>) -> String {
     let eval = p

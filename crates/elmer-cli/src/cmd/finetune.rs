@@ -113,13 +113,7 @@ pub fn run(a: &Args) -> Result<()> {
             tracing::info!("resumed from step {r}");
         }
     }
-    let bar = progress::train_bar(a.steps, "fine-tuning");
-    bar.set_position(trainer.state().step as u64);
-    let b = bar.clone();
-    trainer.set_progress(move |p| {
-        b.set_position(p.step as u64);
-        b.set_message(progress::train_message(p));
-    });
+    let bar = progress::attach_train_bar(&mut trainer, "fine-tuning");
     let summary = trainer.run(&obj)?;
     bar.finish_and_clear();
     let best = out.join("best");

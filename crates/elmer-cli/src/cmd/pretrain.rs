@@ -170,19 +170,16 @@ pub fn run(a: &Args) -> Result<()> {
         tracing::info!("resumed from step {resumed}");
     }
     let before = obj.reconstruction_accuracy(trainer.model())?;
-    let bar = progress::train_bar(a.steps, "pre-training");
-    bar.set_position(resumed as u64);
-    let b = bar.clone();
-    trainer.set_progress(move |p| {
-        b.set_position(p.step as u64);
-        b.set_message(progress::train_message(p));
-    });
+    let bar = progress::attach_train_bar(&mut trainer, "pre-training");
     let summary = trainer.run(&obj)?;
     bar.finish_and_clear();
     let after = obj.reconstruction_accuracy(trainer.model())?;
     let history_path = a.out.join("history.json");
-    let history = serde_json::to_string(&summary.state.history).unwrap_or_default();
-    std::fs::write(&history_path, history).map_err(|e| Error::io(&history_path, e))?;
+    let history = serde_json::to_string(&summary.state.history).map_err(|e| Error::Parse {
+        path: history_path.clone(),
+        message: e.to_string(),
+    })?;
+    elmer::checkpoint::write_atomic(&history_path, history.as_bytes())?;
     let best = a.out.join("best");
     if best.is_dir() {
         // So that `generate --model <out>/best` finds its tokenizer.
