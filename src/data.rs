@@ -55,7 +55,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-pub use crate::fs::read_lines;
+pub use crate::fs::{lines, read_lines};
 
 /// Separator between the parts of a composed source text (answer / passage, persona /
 /// dialogue turns).

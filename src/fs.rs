@@ -101,24 +101,28 @@ pub(crate) fn recover_dir(dst: &Path) -> Result<()> {
 /// an extra empty line). A line that is not valid UTF-8 is an [`Error::Parse`] naming the file
 /// and the line number.
 pub fn read_lines(path: &Path) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let mut body: &[u8] = &bytes;
-    if body.is_empty() {
-        return Ok(Vec::new());
-    }
-    if body.last() == Some(&b'\n') {
-        body = &body[..body.len() - 1];
-    }
-    let mut lines = Vec::new();
-    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let line = std::str::from_utf8(raw).map_err(|e| Error::Parse {
-            path: path.to_path_buf(),
-            message: format!("line {}: invalid UTF-8 ({e})", i + 1),
-        })?;
-        lines.push(line.to_owned());
-    }
-    Ok(lines)
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    lines(std::io::BufReader::new(f), path).collect()
+}
+
+/// The lines of `reader` one at a time, with the rules of [`read_lines`]; errors name
+/// `name` (a path, or e.g. `<stdin>`) and the line number. Reads only as far as it is
+/// iterated, so a stream of any length takes constant memory.
+pub fn lines<R: std::io::BufRead>(
+    reader: R,
+    name: impl AsRef<Path>,
+) -> impl Iterator<Item = Result<String>> {
+    let name = name.as_ref().to_path_buf();
+    reader.split(b'\n').enumerate().map(move |(i, raw)| {
+        let mut bytes = raw.map_err(|e| Error::io(&name, e))?;
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        String::from_utf8(bytes).map_err(|e| Error::Parse {
+            path: name.clone(),
+            message: format!("line {}: invalid UTF-8 ({})", i + 1, e.utf8_error()),
+        })
+    })
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! default model and tokenizer directories, tokenizer finding and model loading.
 
 use std::fmt::Display;
-use std::io::{BufRead, BufWriter, StdoutLock, Write};
+use std::io::{BufWriter, StdoutLock, Write};
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
@@ -42,26 +42,19 @@ pub fn default_tokenizer_dir() -> PathBuf {
     here_or_repo(TOKENIZER_DIR, REPO_TOKENIZER_DIR)
 }
 
-/// Input lines (a file, or stdin when `None`) as UTF-8, one at a time, naming the line that
-/// is not UTF-8; a trailing `\r` is dropped.
-pub fn lines(input: Option<&Path>) -> Result<impl Iterator<Item = Result<String>>> {
-    let name = input.map_or("<stdin>".to_string(), |p| p.display().to_string());
-    let reader: Box<dyn BufRead> = match input {
-        Some(p) => Box::new(std::io::BufReader::new(
-            std::fs::File::open(p).map_err(|e| Error::io(p, e))?,
-        )),
-        None => Box::new(std::io::stdin().lock()),
-    };
-    Ok(reader.split(b'\n').enumerate().map(move |(i, line)| {
-        let mut bytes = line.map_err(|e| Error::io(&name, e))?;
-        if bytes.last() == Some(&b'\r') {
-            bytes.pop();
+/// Input lines (a file, or stdin when `None`), read one at a time (see
+/// [`elmer::data::lines`]: UTF-8, the failing line named, `\r\n` accepted).
+pub fn lines(input: Option<&Path>) -> Result<Box<dyn Iterator<Item = Result<String>>>> {
+    Ok(match input {
+        Some(p) => {
+            let f = std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
+            Box::new(elmer::data::lines(
+                std::io::BufReader::new(f),
+                p.to_path_buf(),
+            ))
         }
-        String::from_utf8(bytes).map_err(|_| Error::Parse {
-            path: name.clone().into(),
-            message: format!("line {} is not valid UTF-8", i + 1),
-        })
-    }))
+        None => Box::new(elmer::data::lines(std::io::stdin().lock(), "<stdin>")),
+    })
 }
 
 /// All input lines (see [`lines`]).
