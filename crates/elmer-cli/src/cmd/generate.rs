@@ -1,5 +1,7 @@
 //! `elmer generate`: one output per input line, in input order.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use elmer::{Error, ExitPolicy, LoadOptions, Result};
@@ -58,67 +60,76 @@ pub fn run(a: &Args) -> Result<()> {
     };
     let mut gen = Generator::new(&model, cfg)?.with_tokenizer(&tok);
     let max_source_len = gen.max_source_len();
+    // A tokenizer whose ids fit the model cannot produce an out-of-vocabulary line.
     let vocab = model.config().vocab_size;
-    // Input is read and answered a window at a time: memory stays flat over any number of
-    // lines, and every finished window is on stdout (flushed) before the next one is read.
-    let window = a.batch_size.saturating_mul(16).max(64);
-    let mut input = io::lines(a.input.as_deref())?;
+    if let Some(top) = tok.inner().get_vocab(true).values().max() {
+        if *top as usize >= vocab {
+            return Err(Error::invalid_arg(
+                "--tokenizer",
+                format!(
+                    "the tokenizer has id {top}, outside the model's vocabulary ({vocab}): \
+                     it is not the model's tokenizer"
+                ),
+            ));
+        }
+    }
+    // Empty lines are not sent to the model: they get an empty output line (and a warning),
+    // so output line i still answers input line i. `pending` holds, in input order, the
+    // lines read but not yet answered: `None` for a skipped line, `Some(n)` for line n.
+    let pending = RefCell::new(VecDeque::<Option<usize>>::new());
+    let mut line_no = 0usize;
+    let texts = io::lines(a.input.as_deref())?.filter_map(|l| {
+        line_no += 1;
+        match l {
+            Ok(l) if l.trim().is_empty() => {
+                tracing::warn!("input line {line_no} is empty; its output line is empty");
+                pending.borrow_mut().push_back(None);
+                None
+            }
+            Ok(l) => {
+                pending.borrow_mut().push_back(Some(line_no));
+                Some(Ok(l))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    });
     let mut out = io::Stdout::lock();
     let bar = progress::counter("generating");
-    let (mut n, mut line_no, mut truncated, mut total_ms) = (0usize, 0usize, 0usize, 0.0f64);
-    loop {
-        let chunk: Vec<String> = input.by_ref().take(window).collect::<Result<_>>()?;
-        if chunk.is_empty() {
-            break;
+    let (mut n, mut truncated, mut total_ms) = (0usize, 0usize, 0.0f64);
+    let write_skipped = |out: &mut io::Stdout| -> Result<()> {
+        while pending.borrow().front() == Some(&None) {
+            pending.borrow_mut().pop_front();
+            out.line(render(None, a.json))?;
         }
-        // Empty lines are not sent to the model: they get an empty output line (and a
-        // warning), so output line i still answers input line i.
-        let mut sources = Vec::new();
-        let mut slots: Vec<Option<usize>> = Vec::with_capacity(chunk.len());
-        for l in &chunk {
-            line_no += 1;
-            if l.trim().is_empty() {
-                tracing::warn!("input line {line_no} is empty; its output line is empty");
-                slots.push(None);
-                continue;
-            }
-            let full = tok.encode(l)?;
-            let ids = if full.len() > max_source_len {
-                truncated += 1;
-                tracing::warn!(
-                    "input line {line_no} has {} tokens; cut to the first {max_source_len} \
-                     (the model's position table)",
-                    full.len()
-                );
-                tok.encode_truncated(l, max_source_len)?
-            } else {
-                full
-            };
-            if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-                return Err(Error::invalid_arg(
-                    "--tokenizer",
-                    format!(
-                        "input line {line_no} has token id {bad}, outside the model's \
-                         vocabulary ({vocab}): the tokenizer is not the model's"
-                    ),
-                ));
-            }
-            slots.push(Some(sources.len()));
-            sources.push(ids);
+        Ok(())
+    };
+    // `Generator::generate_each` reads and answers the input a window at a time, so memory
+    // stays flat over any number of lines and each finished window is on stdout (flushed)
+    // before the next one is read.
+    gen.generate_each(texts, |_, g| {
+        write_skipped(&mut out)?;
+        let line = pending
+            .borrow_mut()
+            .pop_front()
+            .flatten()
+            .unwrap_or_default();
+        if g.source_truncated {
+            truncated += 1;
+            tracing::warn!(
+                "input line {line} has more than {max_source_len} tokens; cut to the first \
+                 {max_source_len} (the model's position table)"
+            );
         }
-        let mut gens: Vec<Option<Generation>> =
-            gen.generate_ids(&sources)?.into_iter().map(Some).collect();
-        for slot in slots {
-            let g = slot.and_then(|k| gens[k].take());
-            if let Some(g) = &g {
-                total_ms += g.latency_ms;
-                n += 1;
-            }
-            out.line(render(g.as_ref(), a.json))?;
+        total_ms += g.latency_ms;
+        n += 1;
+        out.line(render(Some(&g), a.json))?;
+        if pending.borrow().iter().all(Option::is_none) {
+            out.flush()?; // the window is done
         }
-        out.flush()?;
-        bar.inc(chunk.len() as u64);
-    }
+        bar.inc(1);
+        Ok(())
+    })?;
+    write_skipped(&mut out)?;
     bar.finish_and_clear();
     out.flush()?;
     if truncated > 0 {
