@@ -66,7 +66,7 @@ pub use model::{ElmerModel, EncoderOutput};
 pub use model_dir::{ModelDir, TokenizerFiles};
 pub use nn::Mode;
 pub use special_tokens::SpecialTokens;
-pub use tokenizer::{BartTokenizer, EncodedBatch};
+pub use tokenizer::{BartTokenizer, EncodedBatch, TokenizerTrainConfig};
 
 /// Internals reachable for the crate's own benchmarks (`benches/`): the CPU kernels and the
 /// decoder's layers. Not part of the supported API; may change in any release.

@@ -10,9 +10,12 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::cpu::{f32_slice, par_rows, u32_slice};
 
-/// Per-row NLL of integer labels under `logits + bias`; pad rows give 0.
+/// Per-row NLL of integer labels under `logits + bias`; pad rows give 0. With label
+/// smoothing `eps`, the target is `(1 - eps) onehot + eps / V`:
+/// `lse(z) - (1 - eps) z[label] - eps mean(z)`.
 struct CrossEntropy {
     pad: u32,
+    eps: f32,
 }
 
 impl CustomOp3 for CrossEntropy {
@@ -54,7 +57,13 @@ impl CustomOp3 for CrossEntropy {
                 .map(|(&v, &c)| v + c)
                 .fold(f32::NEG_INFINITY, f32::max);
             let s: f32 = row.iter().zip(b).map(|(&v, &c)| (v + c - m).exp()).sum();
-            o[0] = m + s.ln() - (row[label as usize] + b[label as usize]);
+            let picked = row[label as usize] + b[label as usize];
+            o[0] = if self.eps == 0.0 {
+                m + s.ln() - picked
+            } else {
+                let mean = row.iter().zip(b).map(|(&v, &c)| v + c).sum::<f32>() / cols as f32;
+                m + s.ln() - (1.0 - self.eps) * picked - self.eps * mean
+            };
         });
         Ok((CpuStorage::F32(out), Shape::from(rows)))
     }
@@ -70,16 +79,20 @@ impl CustomOp3 for CrossEntropy {
         let g = logits.apply_op3_no_bwd(
             labels,
             &Tensor::cat(&[&grad.contiguous()?, bias], 0)?,
-            &CrossEntropyGrad { pad: self.pad },
+            &CrossEntropyGrad {
+                pad: self.pad,
+                eps: self.eps,
+            },
         )?;
         let gb = g.sum(0)?;
         Ok((Some(g), None, Some(gb)))
     }
 }
 
-/// `grad[r] * (softmax(x_r) - onehot(label_r))`, zero rows for pads.
+/// `grad[r] * (softmax(x_r) - (1 - eps) onehot(label_r) - eps / V)`, zero rows for pads.
 struct CrossEntropyGrad {
     pad: u32,
+    eps: f32,
 }
 
 impl CustomOp3 for CrossEntropyGrad {
@@ -127,10 +140,11 @@ impl CustomOp3 for CrossEntropyGrad {
                 s += e;
             }
             let scale = g[r] / s;
+            let uniform = g[r] * self.eps / cols as f32;
             for o in o.iter_mut() {
-                *o *= scale;
+                *o = *o * scale - uniform;
             }
-            o[label as usize] -= g[r];
+            o[label as usize] -= g[r] * (1.0 - self.eps);
         });
         Ok((CpuStorage::F32(out), Shape::from((rows, cols))))
     }
@@ -147,16 +161,17 @@ pub fn cross_entropy_rows(
 ) -> candle_core::Result<Option<Tensor>> {
     let v = logits.dim(candle_core::D::Minus1)?;
     let zeros = Tensor::zeros(v, logits.dtype(), logits.device())?;
-    cross_entropy_rows_with_bias(logits, labels, &zeros, pad)
+    cross_entropy_rows_with_bias(logits, labels, &zeros, pad, 0.0)
 }
 
 /// [`cross_entropy_rows`] of `logits + bias` (`bias` `[vocab]`) without materialising the
-/// sum; differentiable w.r.t. `logits` and `bias`.
+/// sum, with label smoothing `eps` (0: none); differentiable w.r.t. `logits` and `bias`.
 pub fn cross_entropy_rows_with_bias(
     logits: &Tensor,
     labels: &Tensor,
     bias: &Tensor,
     pad: u32,
+    eps: f32,
 ) -> candle_core::Result<Option<Tensor>> {
     if !logits.device().is_cpu() || logits.dtype() != candle_core::DType::F32 || logits.rank() != 2
     {
@@ -168,7 +183,7 @@ pub fn cross_entropy_rows_with_bias(
     Ok(Some(logits.apply_op3(
         &labels,
         &bias,
-        CrossEntropy { pad },
+        CrossEntropy { pad, eps },
     )?))
 }
 

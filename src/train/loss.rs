@@ -37,14 +37,35 @@ pub struct Batch {
     pub num_target_tokens: usize,
     /// Number of non-pad source tokens.
     pub num_source_tokens: usize,
+    /// Label smoothing of the off-ramp cross-entropies on this batch (0: none; e.g. 0.1
+    /// for training batches, 0 for validation so that losses stay comparable).
+    pub label_smoothing: f64,
 }
 
 impl Batch {
     /// Builds a batch from framed sources (`<s> ... </s>`) and label sequences (target ids
-    /// without `<s>`, ending in `</s>`). Decoder slot i has `labels[i].len()` positions.
+    /// without `<s>`, ending in `</s>`). Decoder slot i has `labels[i].len()` positions (the
+    /// decoder mask tells the model the target length: right for LPLM, where the length of
+    /// the original text is given, but not what generation sees; see
+    /// [`Batch::from_ids_in_slot`]).
     pub fn from_ids(
         sources: &[Vec<u32>],
         labels: &[Vec<u32>],
+        model_cfg: &crate::ElmerConfig,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        Self::from_ids_in_slot(sources, labels, None, model_cfg, device)
+    }
+
+    /// As [`Batch::from_ids`], but with `slot_len = Some(T)` every row gets the slot that
+    /// generation uses: `[<s>, <mask> x (T-1)]`, all `T` positions attended, labels padded
+    /// with `<pad>` (ignored by the losses) past each row's `</s>`. The model then has to
+    /// choose the length itself by where it puts `</s>`, as it must when generating with
+    /// `max_len = T`. `T` is raised to the longest label row if that is longer.
+    pub fn from_ids_in_slot(
+        sources: &[Vec<u32>],
+        labels: &[Vec<u32>],
+        slot_len: Option<usize>,
         model_cfg: &crate::ElmerConfig,
         device: &candle_core::Device,
     ) -> Result<Self> {
@@ -70,7 +91,20 @@ impl Batch {
             ));
         }
         let src = PaddedBatch::new(sources, pad);
-        let lab = PaddedBatch::new(labels, pad);
+        let t = slot_len.map_or(t, |n| n.max(t));
+        let lab = if t > labels.iter().map(Vec::len).max().unwrap_or(0) {
+            let padded: Vec<Vec<u32>> = labels
+                .iter()
+                .map(|l| {
+                    let mut l = l.clone();
+                    l.resize(t, pad);
+                    l
+                })
+                .collect();
+            PaddedBatch::new(&padded, pad)
+        } else {
+            PaddedBatch::new(labels, pad)
+        };
         // Decoder slot: `<s>` then `<mask>`s over each label row, `<pad>` past it.
         let slot = |j: usize| {
             if j == 0 {
@@ -79,16 +113,20 @@ impl Batch {
                 model_cfg.mask_token_id()
             }
         };
+        let fixed = slot_len.is_some();
         let dec: Vec<u32> = lab
             .attention_mask
             .iter()
             .enumerate()
-            .map(|(k, &real)| if real == 1 { slot(k % t) } else { pad })
+            .map(|(k, &real)| if real == 1 || fixed { slot(k % t) } else { pad })
             .collect();
         let n_src: usize = sources.iter().map(Vec::len).sum();
         let n_tgt = labels.iter().flatten().filter(|&&x| x != pad).count();
         let (input_ids, attention_mask) = src.to_tensors(device)?;
-        let (labels_t, decoder_attention_mask) = lab.to_tensors(device)?;
+        let (labels_t, mut decoder_attention_mask) = lab.to_tensors(device)?;
+        if fixed {
+            decoder_attention_mask = Tensor::ones((b, t), DType::U32, device)?;
+        }
         Ok(Self {
             input_ids,
             attention_mask,
@@ -97,6 +135,7 @@ impl Batch {
             labels: labels_t,
             num_target_tokens: n_tgt,
             num_source_tokens: n_src,
+            label_smoothing: 0.0,
         })
     }
 
@@ -182,20 +221,38 @@ fn pack_rows(h: &Tensor, keep: &Tensor) -> Result<Tensor> {
 
 /// Mean NLL of `y` under the off-ramp after `layer` applied to `rows` `[rows, d]`: one matmul,
 /// then the fused CPU cross-entropy with the bias folded in (candle ops elsewhere).
-fn offramp_nll_mean(model: &ElmerModel, layer: usize, rows: &Tensor, y: &Tensor) -> Result<Tensor> {
+fn offramp_nll_mean(
+    model: &ElmerModel,
+    layer: usize,
+    rows: &Tensor,
+    y: &Tensor,
+    smoothing: f64,
+) -> Result<Tensor> {
     let pad = model.config().pad_token_id;
     let (w, bias) = model.decoder().offramps().projection(layer)?;
     let logits = rows.matmul(&w.t()?)?;
     let n = rows.dim(0)? as f64;
-    let nll = match crate::ops::cross_entropy::cross_entropy_rows_with_bias(&logits, y, bias, pad)?
-    {
+    let fused = crate::ops::cross_entropy::cross_entropy_rows_with_bias(
+        &logits,
+        y,
+        bias,
+        pad,
+        smoothing as f32,
+    )?;
+    let nll = match fused {
         Some(nll) => nll,
         None => {
             let logp = candle_nn::ops::log_softmax(
                 &logits.broadcast_add(bias)?.to_dtype(DType::F32)?,
                 D::Minus1,
             )?;
-            logp.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?
+            let nll = logp.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+            if smoothing == 0.0 {
+                nll
+            } else {
+                let uniform = logp.mean(D::Minus1)?.neg()?;
+                ((nll * (1.0 - smoothing))? + (uniform * smoothing)?)?
+            }
         }
     };
     Ok((nll.sum_all()? / n)?)
@@ -244,7 +301,7 @@ pub fn lplm_loss(
         rows.push(pack_rows(&h, &keep)?);
     }
     let rows = Tensor::cat(&rows, 0)?;
-    offramp_nll_mean(model, 1, &rows, &y)
+    offramp_nll_mean(model, 1, &rows, &y, batch.label_smoothing)
 }
 
 fn lplm_loss_per_layer(
@@ -306,7 +363,13 @@ fn mean_offramp_ce(
     let n = states.len();
     let mut acc: Option<Tensor> = None;
     for (i, h) in states.iter().enumerate() {
-        let ce = offramp_nll_mean(model, i + 1, &pack_rows(h, &keep)?, &y)?;
+        let ce = offramp_nll_mean(
+            model,
+            i + 1,
+            &pack_rows(h, &keep)?,
+            &y,
+            batch.label_smoothing,
+        )?;
         acc = Some(match acc {
             None => ce,
             Some(a) => (a + ce)?,

@@ -55,6 +55,13 @@ pub trait Objective {
 
     /// Validation loss (deterministic, eval mode).
     fn eval_loss(&self, model: &ElmerModel) -> Result<f64>;
+
+    /// A validation score to select `best/` on, higher is better (e.g. BLEU-4 of text
+    /// generated for validation sources). `None` (the default): `best/` is the checkpoint
+    /// with the lowest [`Objective::eval_loss`].
+    fn eval_score(&self, _model: &ElmerModel) -> Result<Option<f64>> {
+        Ok(None)
+    }
 }
 
 /// Training-loop settings.
@@ -123,6 +130,10 @@ pub struct LogEntry {
     pub tokens_per_sec: f64,
     /// Validation loss, when evaluated at this step.
     pub eval_loss: Option<f64>,
+    /// Validation score ([`Objective::eval_score`]), when evaluated at this step and the
+    /// objective has one.
+    #[serde(default)]
+    pub eval_score: Option<f64>,
 }
 
 /// Persistent trainer state stored with each checkpoint.
@@ -136,6 +147,10 @@ pub struct TrainerState {
     pub initial_eval_loss: Option<f64>,
     /// Best validation loss so far and its step.
     pub best_eval: Option<(usize, f64)>,
+    /// Best validation score so far and its step, when the objective has a score (then
+    /// `best/` holds that step's weights rather than the lowest-loss ones).
+    #[serde(default)]
+    pub best_score: Option<(usize, f64)>,
     /// Every logged step so far.
     pub history: Vec<LogEntry>,
     /// Seconds spent training so far.
@@ -224,6 +239,7 @@ impl Trainer {
                 config: config.clone(),
                 initial_eval_loss: None,
                 best_eval: None,
+                best_score: None,
                 history: Vec::new(),
                 elapsed_secs: 0.0,
             },
@@ -389,16 +405,30 @@ impl Trainer {
         Ok(())
     }
 
-    fn evaluate(&mut self, obj: &dyn Objective) -> Result<f64> {
+    /// Validation loss and score; saves `best/` when the step is the best so far (by score
+    /// when the objective has one, else by loss).
+    fn evaluate(&mut self, obj: &dyn Objective) -> Result<(f64, Option<f64>)> {
         let l = obj.eval_loss(&self.model)?;
-        let better = self.state.best_eval.is_none_or(|(_, b)| l < b);
-        if better {
-            self.state.best_eval = Some((self.state.step, l));
-            if self.state.step > 0 {
-                self.save_best()?;
-            }
+        let score = obj.eval_score(&self.model)?;
+        let step = self.state.step;
+        let better_loss = self.state.best_eval.is_none_or(|(_, b)| l < b);
+        if better_loss {
+            self.state.best_eval = Some((step, l));
         }
-        Ok(l)
+        let better = match score {
+            Some(sc) => {
+                let b = self.state.best_score.is_none_or(|(_, b)| sc > b);
+                if b {
+                    self.state.best_score = Some((step, sc));
+                }
+                b
+            }
+            None => better_loss,
+        };
+        if better && step > 0 {
+            self.save_best()?;
+        }
+        Ok((l, score))
     }
 
     /// One optimizer step: accumulate micro-batch gradients, clip, update. Returns the entry.
@@ -471,6 +501,7 @@ impl Trainer {
             grad_norm,
             tokens_per_sec: tokens as f64 / secs.max(1e-9),
             eval_loss: None,
+            eval_score: None,
         })
     }
 
@@ -491,10 +522,13 @@ impl Trainer {
             total: self.config.steps,
         };
         if self.state.step == 0 && self.state.initial_eval_loss.is_none() {
-            let l = self.evaluate(obj)?;
+            let (l, score) = self.evaluate(obj)?;
             self.state.initial_eval_loss = Some(l);
+            let score = score
+                .map(|s| format!(" | score {s:.4}"))
+                .unwrap_or_default();
             self.log(
-                &format!("step 0/{} | eval loss {l:.4}", self.config.steps),
+                &format!("step 0/{} | eval loss {l:.4}{score}", self.config.steps),
                 true,
             );
         }
@@ -506,7 +540,9 @@ impl Trainer {
             let step = self.state.step;
             let last = step == self.config.steps;
             if (self.config.eval_every > 0 && step.is_multiple_of(self.config.eval_every)) || last {
-                entry.eval_loss = Some(self.evaluate(obj)?);
+                let (l, score) = self.evaluate(obj)?;
+                entry.eval_loss = Some(l);
+                entry.eval_score = score;
             }
             let remaining = (self.config.steps - step) as f64 * self.state.elapsed_secs
                 / (step - resumed_from).max(1) as f64;
@@ -517,7 +553,11 @@ impl Trainer {
                 let eval = entry
                     .eval_loss
                     .map(|l| format!(" | eval {l:.4}"))
-                    .unwrap_or_default();
+                    .unwrap_or_default()
+                    + &entry
+                        .eval_score
+                        .map(|s| format!(" | score {s:.4}"))
+                        .unwrap_or_default();
                 self.log(
                     &format!(
                         "step {step}/{} | loss {:.4} | lr {:.2e} | grad {:.2} | {:.0} tok/s | eta {:.0}s{eval}",

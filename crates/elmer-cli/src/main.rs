@@ -43,6 +43,9 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Print the ids the model sees (with <s> ... </s>) for each input line.
     Tokenize(cmd::tokenize::Args),
+    /// Tokenizer tools: `tokenizer train` learns a vocabulary sized for the model.
+    #[command(subcommand)]
+    Tokenizer(cmd::tokenizer::Command),
     /// Describe a checkpoint: config, parameters per part, dtype, optional tensors.
     Inspect(cmd::inspect::Args),
     /// Score hypotheses against references: ROUGE, BLEU, METEOR, Distinct
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
     let res = match &cli.command {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Tokenize(a) => cmd::tokenize::run(a),
+        Command::Tokenizer(c) => cmd::tokenizer::run(c),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Score(a) => cmd::score::run(a),
         Command::Pretrain(a) => cmd::pretrain::run(a),

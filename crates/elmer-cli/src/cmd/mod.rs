@@ -8,3 +8,4 @@ pub mod inspect;
 pub mod pretrain;
 pub mod score;
 pub mod tokenize;
+pub mod tokenizer;

@@ -18,10 +18,14 @@ const DEFAULT_CORPUS: &str = "../shared/data/corpus/wikitext-2-raw-test.txt";
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Text corpus: one document per line, or blank-line separated paragraphs (default:
-    /// ../shared/data/corpus/wikitext-2-raw-test.txt when present).
+    /// Text corpus: one document per line, or blank-line separated paragraphs; give it
+    /// several times for several files (default: ../shared/data/corpus/wikitext-2-raw-test.txt
+    /// when present).
     #[arg(long)]
-    pub corpus: Option<PathBuf>,
+    pub corpus: Vec<PathBuf>,
+    /// Lowercase the corpus (for lowercased downstream tasks such as the Du et al. SQuAD split).
+    #[arg(long)]
+    pub lowercase: bool,
     /// Output directory (checkpoints, best/, history.json).
     #[arg(long, default_value = "runs/pretrain")]
     pub out: PathBuf,
@@ -37,8 +41,9 @@ pub struct Args {
     /// Start from an existing BART/ELMER checkpoint directory instead of random weights.
     #[arg(long)]
     pub init_from: Option<PathBuf>,
-    /// Tokenizer directory. Default: assets/tokenizer/bart-base in the working directory
-    /// when it exists there, else the repository's copy (shown below).
+    /// Tokenizer directory (e.g. one written by `elmer tokenizer train`). A model trained
+    /// from scratch gets its vocabulary size and <mask> id. Default: assets/tokenizer/bart-base
+    /// in the working directory when it exists there, else the repository's copy (shown below).
     #[arg(long, default_value_os_t = io::default_tokenizer_dir())]
     pub tokenizer: PathBuf,
     /// Sequences per micro-batch.
@@ -76,15 +81,16 @@ pub struct Args {
     pub no_resume: bool,
 }
 
-fn preset(name: &str) -> Result<ElmerConfig> {
+fn preset(name: &str, tok: &BartTokenizer) -> Result<ElmerConfig> {
     let (d, layers, heads, ffn, pos) = match name {
         "tiny" => (64, 2, 4, 256, 256),
         "small" => (192, 3, 6, 768, 256),
+        "medium" => (256, 4, 4, 1024, 256),
         "base" => (768, 6, 12, 3072, 1024),
         other => {
             return Err(Error::invalid_arg(
                 "--preset",
-                format!("{other:?} is not tiny, small or base"),
+                format!("{other:?} is not tiny, small, medium or base"),
             ))
         }
     };
@@ -97,35 +103,53 @@ fn preset(name: &str) -> Result<ElmerConfig> {
         encoder_ffn_dim: ffn,
         decoder_ffn_dim: ffn,
         max_position_embeddings: pos,
+        vocab_size: tok.vocab_size(),
+        pad_token_id: tok.pad_id(),
+        bos_token_id: tok.bos_id(),
+        eos_token_id: tok.eos_id(),
+        decoder_start_token_id: tok.eos_id(),
+        elmer_mask_token_id: Some(tok.mask_id()),
         ..ElmerConfig::default()
     })
 }
 
 pub fn run(a: &Args) -> Result<()> {
-    let corpus = match &a.corpus {
-        Some(c) => c.clone(),
-        None if Path::new(DEFAULT_CORPUS).is_file() => PathBuf::from(DEFAULT_CORPUS),
-        None => {
+    let corpus: Vec<PathBuf> = match a.corpus.as_slice() {
+        [] if Path::new(DEFAULT_CORPUS).is_file() => vec![PathBuf::from(DEFAULT_CORPUS)],
+        [] => {
             return Err(Error::invalid_arg(
                 "--corpus",
                 format!("no corpus given and {DEFAULT_CORPUS} is absent"),
             ))
         }
+        c => c.to_vec(),
     };
     let device = Device::Cpu;
     let tok = BartTokenizer::from_dir(&a.tokenizer)?;
-    let texts = read_documents(&corpus)?;
+    let mut texts = Vec::new();
+    for c in &corpus {
+        texts.extend(read_documents(c)?);
+    }
+    if a.lowercase {
+        for t in &mut texts {
+            *t = t.to_lowercase();
+        }
+    }
     let docs = tokenize_documents(&tok, &texts, a.max_len)?;
     let (train, valid) = split_documents(docs, a.valid_docs, a.seed);
     let mut params = match &a.init_from {
         Some(dir) => Params::from_dir(dir, &device)?,
-        None => Params::init(preset(&a.preset)?, a.seed, true, &device)?,
+        None => Params::init(preset(&a.preset, &tok)?, a.seed, true, &device)?,
     };
     params.ensure_concat_head(a.seed, 0.02)?;
     let cfg = params.config().clone();
     tracing::info!(
         "corpus {}: {} documents -> {} train / {} held-out chunks of <= {} tokens; model d {} {}+{} layers, {:.2}M parameters",
-        corpus.display(),
+        corpus
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" + "),
         texts.len(),
         train.len(),
         valid.len(),

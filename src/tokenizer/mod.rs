@@ -48,6 +48,9 @@ use tokenizers::{AddedToken, PostProcessor, Tokenizer, TruncationDirection};
 
 use crate::error::{Error, Result};
 
+mod train;
+pub use train::TokenizerTrainConfig;
+
 /// Beginning-of-sequence token (also the classifier token).
 pub const BOS_TOKEN: &str = "<s>";
 /// Padding token.
@@ -221,10 +224,29 @@ impl BartTokenizer {
         let vocab = parse_vocab(vocab_path, &read_to_string(vocab_path)?)?;
         let merges = parse_merges(merges_path, &read_to_string(merges_path)?)?;
         let vocab: Vocab = vocab.into_iter().collect();
+        Self::from_vocab_merges_at(vocab, merges, Some(vocab_path), Some(merges_path))
+    }
+
+    /// Builds the tokenizer from an in-memory vocabulary and ranked merges, configured as
+    /// [`BartTokenizer::from_files`] does. `origin` is named in errors.
+    pub(crate) fn from_vocab_merges(
+        vocab: Vocab,
+        merges: Vec<(String, String)>,
+        origin: Option<&Path>,
+    ) -> Result<Self> {
+        Self::from_vocab_merges_at(vocab, merges, origin, origin)
+    }
+
+    fn from_vocab_merges_at(
+        vocab: Vocab,
+        merges: Vec<(String, String)>,
+        vocab_path: Option<&Path>,
+        merges_path: Option<&Path>,
+    ) -> Result<Self> {
         for special in [BOS_TOKEN, PAD_TOKEN, EOS_TOKEN, UNK_TOKEN, MASK_TOKEN] {
             if !vocab.contains_key(special) {
                 return Err(tok_err(
-                    Some(vocab_path),
+                    vocab_path,
                     format!("special token `{special}` is not in the vocabulary"),
                 ));
             }
@@ -232,7 +254,7 @@ impl BartTokenizer {
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .build()
-            .map_err(|e| tok_err(Some(merges_path), e.to_string()))?;
+            .map_err(|e| tok_err(merges_path, e.to_string()))?;
 
         let mut tokenizer = Tokenizer::new(bpe);
         tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
@@ -247,7 +269,7 @@ impl BartTokenizer {
         let lookup = |t: &str| {
             tokenizer
                 .token_to_id(t)
-                .ok_or_else(|| tok_err(Some(vocab_path), format!("special token `{t}` has no id")))
+                .ok_or_else(|| tok_err(vocab_path, format!("special token `{t}` has no id")))
         };
         let (bos, eos) = (lookup(BOS_TOKEN)?, lookup(EOS_TOKEN)?);
         tokenizer.with_post_processor(Some(
@@ -255,7 +277,7 @@ impl BartTokenizer {
                 .trim_offsets(true)
                 .add_prefix_space(false),
         ));
-        Self::from_tokenizer(tokenizer, Some(vocab_path))
+        Self::from_tokenizer(tokenizer, vocab_path)
     }
 
     /// Loads a serialized `tokenizer.json` (as written by `tokenizers` /
