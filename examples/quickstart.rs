@@ -35,7 +35,7 @@ fn main() -> elmer::Result<()> {
     ] {
         let cfg = GenerationConfig {
             max_len: 24,
-            policy: policy.clone(),
+            policy: Some(policy.clone()),
             batch_size: 1,
             collapse_repeats: true,
             ..GenerationConfig::default()

@@ -32,7 +32,7 @@ fn main() -> elmer::Result<()> {
     let model = ElmerModel::from_dir(MODEL, &LoadOptions::default())?;
     let tok = BartTokenizer::from_dir(MODEL)?;
     let cfg = GenerationConfig {
-        policy: ExitPolicy::Soft,
+        policy: Some(ExitPolicy::Soft),
         max_len: 32,
         collapse_repeats: true, // the authors' post-processing
         ..GenerationConfig::default()

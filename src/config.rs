@@ -11,7 +11,12 @@
 //! - `elmer_detach_copied_states`: when a token exits at layer l, its state is copied to the
 //!   layers above; `true` (default, as the authors' code) stops gradients through those copies;
 //! - `elmer_mask_token_id`: the `<mask>` id filling the decoder slot (default `vocab_size - 1`,
-//!   which is BART's 50264).
+//!   which is BART's 50264);
+//! - `elmer_exit_policy`: the exit policy the model was fine-tuned for (`"last"`, `"soft"` or
+//!   `"hard:<threshold>"` with the threshold chosen on validation data), used by generation
+//!   when the caller names none;
+//! - `elmer_max_len`: the output slot length (tokens) the model was fine-tuned with, the
+//!   default slot of `elmer generate`.
 
 use std::path::Path;
 
@@ -234,6 +239,15 @@ pub struct ElmerConfig {
     /// ELMER: `<mask>` id used to fill the decoder slot; `None` means `vocab_size - 1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub elmer_mask_token_id: Option<u32>,
+    /// ELMER: the exit policy the model was fine-tuned for, in [`crate::ExitPolicy`]'s text
+    /// form (`"last"`, `"soft"`, `"hard:0.4"`); `None`: not recorded (generation then uses
+    /// the last layer). Read with [`crate::ElmerModel::recorded_policy`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elmer_exit_policy: Option<String>,
+    /// ELMER: the output slot length in tokens the model was fine-tuned with (generation's
+    /// default `max_len` in `elmer generate`); at most `max_position_embeddings`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elmer_max_len: Option<usize>,
 
     /// Every other field of the JSON file, kept for a lossless round trip.
     #[serde(flatten)]
@@ -445,6 +459,17 @@ impl ElmerConfig {
                 return Err(Error::config(
                     "vocab_size",
                     format!("{} is too small for {field} = {id}", self.vocab_size),
+                ));
+            }
+        }
+        if let Some(t) = self.elmer_max_len {
+            if t == 0 || t > self.max_position_embeddings {
+                return Err(Error::config(
+                    "elmer_max_len",
+                    format!(
+                        "{t} is not in 1..={} (max_position_embeddings)",
+                        self.max_position_embeddings
+                    ),
                 ));
             }
         }

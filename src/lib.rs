@@ -25,7 +25,7 @@
 //! let dir = "models/elmer-small-squadqg";
 //! let model = ElmerModel::from_dir(dir, &LoadOptions::default())?;
 //! let tok = BartTokenizer::from_dir(dir)?;
-//! let cfg = GenerationConfig { policy: "hard:0.5".parse::<ExitPolicy>()?, ..Default::default() };
+//! let cfg = GenerationConfig { policy: Some("hard:0.5".parse::<ExitPolicy>()?), ..Default::default() };
 //! let mut gen = Generator::new(&model, cfg)?.with_tokenizer(&tok);
 //! for g in gen.generate(&["the eiffel tower was completed in 1889 ."])? {
 //!     println!("{} (exit layers {:?})", g.text, g.exit_layers);

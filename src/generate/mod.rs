@@ -32,7 +32,9 @@ pub struct GenerationConfig {
     /// Length of the output slot T (tokens, including the `</s>` position); default 64.
     pub max_len: usize,
     /// Exit policy: [`ExitPolicy::LastLayer`], [`ExitPolicy::Hard`] or [`ExitPolicy::Soft`].
-    pub policy: ExitPolicy,
+    /// `None` (the default): the policy recorded in the model's config
+    /// ([`ElmerModel::recorded_policy`], the one it was fine-tuned for), else the last layer.
+    pub policy: Option<ExitPolicy>,
     /// Sources per model call; default 16.
     pub batch_size: usize,
     /// Longest source in tokens (with `<s>`/`</s>`); `None` means the encoder's position table.
@@ -51,7 +53,7 @@ impl Default for GenerationConfig {
     fn default() -> Self {
         Self {
             max_len: 64,
-            policy: ExitPolicy::LastLayer,
+            policy: None,
             batch_size: 16,
             max_source_len: None,
             collapse_repeats: false,
@@ -97,6 +99,7 @@ pub struct Generator<'a> {
     model: &'a ElmerModel,
     tokenizer: Option<&'a BartTokenizer>,
     config: GenerationConfig,
+    policy: ExitPolicy,
     stats: ExitStats,
 }
 
@@ -130,7 +133,12 @@ impl<'a> Generator<'a> {
                 ));
             }
         }
-        match &config.policy {
+        let policy = config
+            .policy
+            .clone()
+            .or_else(|| model.recorded_policy().cloned())
+            .unwrap_or(ExitPolicy::LastLayer);
+        match &policy {
             ExitPolicy::Fixed(_) => {
                 return Err(Error::invalid_arg(
                     "policy",
@@ -142,13 +150,14 @@ impl<'a> Generator<'a> {
                     "soft exit needs a `concat_head.weight` in the checkpoint".into(),
                 ))
             }
-            _ => config.policy.validate()?,
+            _ => policy.validate()?,
         }
         Ok(Self {
             stats: ExitStats::new(model.num_decoder_layers()),
             model,
             tokenizer: None,
             config,
+            policy,
         })
     }
 
@@ -161,6 +170,12 @@ impl<'a> Generator<'a> {
     /// The options.
     pub fn config(&self) -> &GenerationConfig {
         &self.config
+    }
+
+    /// The exit policy in use: the configured one, else the model's recorded one, else the
+    /// last layer.
+    pub fn policy(&self) -> &ExitPolicy {
+        &self.policy
     }
 
     /// Exit statistics of everything generated so far.
@@ -303,7 +318,7 @@ impl<'a> Generator<'a> {
         let start = Instant::now();
         let (ids, mask) = padded.to_tensors(dev)?;
         let enc = model.encode(&ids, Some(&mask))?;
-        let out = model.decode_slot(&enc, self.config.max_len, self.config.policy.clone())?;
+        let out = model.decode_slot(&enc, self.config.max_len, self.policy.clone())?;
         let out_ids: Vec<Vec<u32>> = out.ids.to_dtype(DType::U32)?.to_vec2()?;
         let out_exits: Vec<Vec<u32>> = out.exit_layers.to_dtype(DType::U32)?.to_vec2()?;
         dev.synchronize()?;

@@ -72,12 +72,14 @@ pub struct ElmerModel {
     decoder: Decoder,
     device: Device,
     dtype: DType,
+    recorded_policy: Option<ExitPolicy>,
 }
 
 impl ElmerModel {
     /// Builds the model from validated, canonically named tensors (see [`crate::checkpoint`]).
     pub fn from_weights(config: ElmerConfig, weights: &Weights) -> Result<Self> {
         config.validate()?;
+        let recorded_policy = Self::parse_recorded_policy(&config)?;
         let shared = weights.get("shared.weight")?;
         let output = if config.tie_word_embeddings {
             shared.clone()
@@ -88,13 +90,39 @@ impl ElmerModel {
         };
         let encoder = Encoder::load(weights, &config, shared.clone())?;
         let decoder = Decoder::load(weights, &config, shared.clone(), output)?;
+        if matches!(recorded_policy, Some(ExitPolicy::Soft)) && !decoder.has_concat_head() {
+            return Err(Error::config(
+                "elmer_exit_policy",
+                "\"soft\" is recorded but the checkpoint has no concat_head.weight",
+            ));
+        }
         Ok(Self {
             device: shared.device().clone(),
             dtype: shared.dtype(),
             config,
             encoder,
             decoder,
+            recorded_policy,
         })
+    }
+
+    fn parse_recorded_policy(config: &ElmerConfig) -> Result<Option<ExitPolicy>> {
+        config
+            .elmer_exit_policy
+            .as_deref()
+            .map(|s| {
+                s.parse::<ExitPolicy>()
+                    .map_err(|e| Error::config("elmer_exit_policy", e.to_string()))
+            })
+            .transpose()
+    }
+
+    /// The exit policy the model was fine-tuned for (`elmer_exit_policy` in its config:
+    /// soft, last, or hard exit with the entropy threshold chosen on validation data), if
+    /// recorded. [`crate::Generator`] uses it when [`crate::GenerationConfig::policy`] is
+    /// `None`.
+    pub fn recorded_policy(&self) -> Option<&ExitPolicy> {
+        self.recorded_policy.as_ref()
     }
 
     /// The configuration.

@@ -234,4 +234,52 @@ mod tests {
         assert!(d1 < 1e-5, "nll differs by {d1}");
         assert!(d2 < 1e-6, "gradient differs by {d2}");
     }
+
+    #[test]
+    fn label_smoothing_matches_composed_ops_with_bias() {
+        let dev = Device::Cpu;
+        let eps = 0.1f32;
+        let data: Vec<f32> = (0..4 * 50)
+            .map(|i| ((i * 29 % 83) as f32 - 40.0) / 9.0)
+            .collect();
+        let x = Var::from_tensor(&Tensor::from_vec(data, (4, 50), &dev).unwrap()).unwrap();
+        let bias_data: Vec<f32> = (0..50).map(|i| (i as f32 - 25.0) / 50.0).collect();
+        let b = Var::from_tensor(&Tensor::from_vec(bias_data, 50, &dev).unwrap()).unwrap();
+        let labels = Tensor::new(&[3u32, 1, 49, 0], &dev).unwrap();
+        let nll = cross_entropy_rows_with_bias(x.as_tensor(), &labels, b.as_tensor(), 1, eps)
+            .unwrap()
+            .unwrap();
+        let grads = nll.sum_all().unwrap().backward().unwrap();
+        let (gx, gb) = (
+            grads.get(x.as_tensor()).unwrap().clone(),
+            grads.get(b.as_tensor()).unwrap().clone(),
+        );
+        // Composed: (1 - eps) * -log p[label] + eps * mean(-log p), pad row zero.
+        let z = x.as_tensor().broadcast_add(b.as_tensor()).unwrap();
+        let logp = candle_nn::ops::log_softmax(&z, D::Minus1).unwrap();
+        let picked = logp
+            .gather(&labels.unsqueeze(1).unwrap(), 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap()
+            .neg()
+            .unwrap();
+        let uniform = logp.mean(D::Minus1).unwrap().neg().unwrap();
+        let keep = labels
+            .ne(1u32)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
+        let ref_nll = ((picked * (1.0 - eps as f64)).unwrap() + (uniform * eps as f64).unwrap())
+            .unwrap()
+            .mul(&keep)
+            .unwrap();
+        let rg = ref_nll.sum_all().unwrap().backward().unwrap();
+        let d1 = crate::ops::max_abs_diff(&nll, &ref_nll);
+        let d2 = crate::ops::max_abs_diff(&gx, rg.get(x.as_tensor()).unwrap());
+        let d3 = crate::ops::max_abs_diff(&gb, rg.get(b.as_tensor()).unwrap());
+        assert!(d1 < 1e-5, "nll differs by {d1}");
+        assert!(d2 < 1e-6, "logit gradient differs by {d2}");
+        assert!(d3 < 1e-5, "bias gradient differs by {d3}");
+    }
 }

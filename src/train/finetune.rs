@@ -10,7 +10,14 @@
 //!   threshold is chosen afterwards on validation data.
 //! - Last layer: plain NAR cross-entropy.
 //!
-//! Shapes: sources `[batch, S]` (`S <= max_source_len`), labels `[batch, T]` (`T <= max_len`).
+//! Options that matter for NAR quality: [`FinetuneObjective::with_generation_slot`] trains on
+//! the slot generation uses (`[<s>, <mask> x (T-1)]`, every position attended, so the model
+//! learns to place `</s>` itself instead of reading the target length off the decoder mask),
+//! and [`FinetuneObjective::with_label_smoothing`] smooths the training cross-entropies
+//! (validation losses stay unsmoothed).
+//!
+//! Shapes: sources `[batch, S]` (`S <= max_source_len`), labels `[batch, T]` (`T <= max_len`;
+//! `T` = the generation slot with [`FinetuneObjective::with_generation_slot`]).
 
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
@@ -90,14 +97,23 @@ pub fn tokenize_pairs(
         .collect()
 }
 
+/// A validation score for model selection: higher is better (e.g. BLEU-4 of text generated
+/// for validation sources with the exit policy being fine-tuned).
+pub type ValidationScorer = Box<dyn Fn(&ElmerModel) -> Result<f64>>;
+
 /// The fine-tuning objective.
 pub struct FinetuneObjective {
+    scorer: Option<ValidationScorer>,
     train: Vec<Pair>,
+    valid_pairs: Vec<Pair>,
+    eval_batch_size: usize,
     valid: Vec<Batch>,
     mode: FinetuneMode,
     batch_size: usize,
     model_cfg: ElmerConfig,
     device: Device,
+    slot_len: Option<usize>,
+    label_smoothing: f64,
 }
 
 impl FinetuneObjective {
@@ -122,24 +138,86 @@ impl FinetuneObjective {
                 return Err(Error::invalid_arg("gold_prob", "must be in [0, 1]"));
             }
         }
-        let valid = valid
-            .chunks(eval_batch_size)
-            .map(|c| Self::batch_of(c, model_cfg, device))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
+        let mut obj = Self {
+            scorer: None,
             train,
-            valid,
+            valid_pairs: valid,
+            eval_batch_size,
+            valid: Vec::new(),
             mode,
             batch_size,
             model_cfg: model_cfg.clone(),
             device: device.clone(),
-        })
+            slot_len: None,
+            label_smoothing: 0.0,
+        };
+        obj.valid = obj.batch_valid()?;
+        Ok(obj)
     }
 
-    fn batch_of(pairs: &[Pair], cfg: &ElmerConfig, dev: &Device) -> Result<Batch> {
+    fn batch_valid(&self) -> Result<Vec<Batch>> {
+        self.valid_pairs
+            .chunks(self.eval_batch_size)
+            .map(|c| self.batch_of(c))
+            .collect()
+    }
+
+    /// Trains and validates on the slot generation uses: `Some(T)` gives every row the slot
+    /// `[<s>, <mask> x (T-1)]` with all `T` positions attended and labels padded (ignored)
+    /// past `</s>`, so the model must choose the output length itself, as it does when
+    /// generating with `max_len = T`. `None` (the default): each row's slot is its target's
+    /// length, which tells the model the length through the decoder mask. `T` must cover
+    /// the longest label row.
+    pub fn with_generation_slot(mut self, slot_len: Option<usize>) -> Result<Self> {
+        if let Some(t) = slot_len {
+            let longest = self.train.iter().map(|p| p.labels.len()).max().unwrap_or(0);
+            if t == 0 || t < longest {
+                return Err(Error::invalid_arg(
+                    "slot_len",
+                    format!("{t} is shorter than the longest label row ({longest})"),
+                ));
+            }
+            if t > self.model_cfg.max_position_embeddings {
+                return Err(Error::invalid_arg(
+                    "slot_len",
+                    format!(
+                        "{t} exceeds the decoder position table ({})",
+                        self.model_cfg.max_position_embeddings
+                    ),
+                ));
+            }
+        }
+        self.slot_len = slot_len;
+        self.valid = self.batch_valid()?;
+        Ok(self)
+    }
+
+    /// Label smoothing `eps` of the training cross-entropies (target `(1 - eps) onehot +
+    /// eps / V`); validation losses are never smoothed. Default 0.
+    pub fn with_label_smoothing(mut self, eps: f64) -> Result<Self> {
+        if !(0.0..1.0).contains(&eps) {
+            return Err(Error::invalid_arg(
+                "label_smoothing",
+                format!("{eps} is not in [0, 1)"),
+            ));
+        }
+        self.label_smoothing = eps;
+        Ok(self)
+    }
+
+    /// Selects `best/` by `scorer` (higher is better) instead of the validation loss: the
+    /// [`super::Trainer`] calls it at every evaluation. NAR losses and output quality part
+    /// ways (a lower loss can come with more repeated or template tokens), so a task metric
+    /// over a validation subset is the better judge.
+    pub fn with_validation_scorer(mut self, scorer: ValidationScorer) -> Self {
+        self.scorer = Some(scorer);
+        self
+    }
+
+    fn batch_of(&self, pairs: &[Pair]) -> Result<Batch> {
         let s: Vec<Vec<u32>> = pairs.iter().map(|p| p.source.clone()).collect();
         let l: Vec<Vec<u32>> = pairs.iter().map(|p| p.labels.clone()).collect();
-        Batch::from_ids(&s, &l, cfg, dev)
+        Batch::from_ids_in_slot(&s, &l, self.slot_len, &self.model_cfg, &self.device)
     }
 
     fn loss(
@@ -181,7 +259,8 @@ impl Objective for FinetuneObjective {
             .choose_multiple(rng, self.batch_size.min(self.train.len()))
             .cloned()
             .collect();
-        let batch = Self::batch_of(&pairs, &self.model_cfg, &self.device)?;
+        let mut batch = self.batch_of(&pairs)?;
+        batch.label_smoothing = self.label_smoothing;
         let loss = self.loss(model, &batch, Some(rng), mode)?;
         Ok(MicroLoss {
             loss,
@@ -198,5 +277,9 @@ impl Objective for FinetuneObjective {
             n += b.num_target_tokens;
         }
         Ok(if n == 0 { f64::NAN } else { sum / n as f64 })
+    }
+
+    fn eval_score(&self, model: &ElmerModel) -> Result<Option<f64>> {
+        self.scorer.as_ref().map(|f| f(model)).transpose()
     }
 }

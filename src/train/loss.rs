@@ -345,6 +345,7 @@ fn mean_offramp_ce(
     batch: &Batch,
     mut opts: DecodeOptions,
     mode: Mode,
+    last_only: bool,
 ) -> Result<Tensor> {
     let pad = model.config().pad_token_id;
     let enc = encode(model, batch, mode)?;
@@ -361,8 +362,9 @@ fn mean_offramp_ce(
         .ok_or_else(|| Error::Unsupported("no per-layer states".into()))?;
     let (keep, y) = packed_labels(batch, pad, 1, model.device())?;
     let n = states.len();
+    let first = if last_only { n.saturating_sub(1) } else { 0 };
     let mut acc: Option<Tensor> = None;
-    for (i, h) in states.iter().enumerate() {
+    for (i, h) in states.iter().enumerate().skip(first) {
         let ce = offramp_nll_mean(
             model,
             i + 1,
@@ -376,7 +378,7 @@ fn mean_offramp_ce(
         });
     }
     let acc = acc.ok_or_else(|| Error::config("decoder_layers", "is zero"))?;
-    Ok((acc / n as f64)?)
+    Ok((acc / (n - first) as f64)?)
 }
 
 /// Soft-exit loss: teacher forcing where `use_gold` (`[batch, T]` u8) is 1 and the label is
@@ -394,7 +396,7 @@ pub fn soft_exit_loss(
         gold: batch.labels.clone(),
         use_gold,
     });
-    mean_offramp_ce(model, batch, opts, mode)
+    mean_offramp_ce(model, batch, opts, mode, false)
 }
 
 /// Deep supervision for hard exit: mean of every off-ramp's cross-entropy on the plain pass.
@@ -404,22 +406,17 @@ pub fn deep_supervision_loss(model: &ElmerModel, batch: &Batch, mode: Mode) -> R
         batch,
         DecodeOptions::new(ExitPolicy::LastLayer),
         mode,
+        false,
     )
 }
 
-/// Plain NAR cross-entropy at the last layer.
+/// Plain NAR cross-entropy at the last layer (off-ramp L on non-pad rows only).
 pub fn last_layer_loss(model: &ElmerModel, batch: &Batch, mode: Mode) -> Result<Tensor> {
-    let pad = model.config().pad_token_id;
-    let enc = encode(model, batch, mode)?;
-    let out = model.decode_with_mode(
-        &enc,
-        &batch.decoder_input_ids,
-        Some(&batch.decoder_attention_mask),
-        &DecodeOptions::new(ExitPolicy::LastLayer).with_logits(),
+    mean_offramp_ce(
+        model,
+        batch,
+        DecodeOptions::new(ExitPolicy::LastLayer),
         mode,
-    )?;
-    let logits = out
-        .logits
-        .ok_or_else(|| Error::Unsupported("no logits".into()))?;
-    masked_cross_entropy(&logits, &batch.labels, pad)
+        true,
+    )
 }

@@ -17,7 +17,7 @@ mod params;
 mod trainer;
 
 pub use corruption::{word_starts_from_tokens, Corrupted, CorruptionConfig, Corruptor};
-pub use finetune::{tokenize_pairs, FinetuneMode, FinetuneObjective, Pair};
+pub use finetune::{tokenize_pairs, FinetuneMode, FinetuneObjective, Pair, ValidationScorer};
 pub use loss::Batch;
 pub use lplm::{
     read_documents, split_documents, tokenize_documents, Document, LplmConfig, LplmObjective,

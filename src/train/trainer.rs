@@ -415,9 +415,11 @@ impl Trainer {
         if better_loss {
             self.state.best_eval = Some((step, l));
         }
+        // By score, ties go to the later (longer trained) checkpoint, and the step-0 weights
+        // are saved too: they may stay the best.
         let better = match score {
             Some(sc) => {
-                let b = self.state.best_score.is_none_or(|(_, b)| sc > b);
+                let b = self.state.best_score.is_none_or(|(_, b)| sc >= b);
                 if b {
                     self.state.best_score = Some((step, sc));
                 }
@@ -425,7 +427,7 @@ impl Trainer {
             }
             None => better_loss,
         };
-        if better && step > 0 {
+        if better && (step > 0 || score.is_some()) {
             self.save_best()?;
         }
         Ok((l, score))

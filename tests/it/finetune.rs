@@ -103,3 +103,121 @@ fn tokenized_targets_are_truncated_to_the_slot_and_end_in_eos() {
     assert!(tokenize_pairs(&tok, &ex, 6, 1).is_err());
     assert!(FinetuneMode::parse("medium").is_err());
 }
+
+fn objective(mode: FinetuneMode) -> (Params, FinetuneObjective) {
+    let params = Params::from_dir(model_dir("cg"), &Device::Cpu).unwrap();
+    let cfg = params.config().clone();
+    let obj = FinetuneObjective::new(pairs(64, 1), pairs(16, 2), mode, 8, 16, &cfg, &Device::Cpu)
+        .unwrap();
+    (params, obj)
+}
+
+#[test]
+fn generation_slot_and_label_smoothing_options() {
+    use elmer::train::Objective;
+    let (params, plain) = objective(FinetuneMode::Last);
+    let model = &params.model().unwrap();
+    let slot = |o: FinetuneObjective, t| o.with_generation_slot(Some(t));
+    // The slot must hold every label row and fit the position table.
+    let (_, o) = objective(FinetuneMode::Last);
+    assert!(slot(o, 3).is_err());
+    let (_, o) = objective(FinetuneMode::Last);
+    assert!(slot(o, 100_000).is_err());
+    for bad in [-0.1, 1.0, f64::NAN] {
+        let (_, o) = objective(FinetuneMode::Last);
+        assert!(o.with_label_smoothing(bad).is_err(), "{bad}");
+    }
+    // In the generation slot the model must also predict where the text ends without the
+    // mask giving the length away: a different (here: higher) validation loss.
+    let (_, o) = objective(FinetuneMode::Last);
+    let in_slot = slot(o, 12).unwrap();
+    let l_plain = plain.eval_loss(model).unwrap();
+    let l_slot = in_slot.eval_loss(model).unwrap();
+    assert!((l_plain - l_slot).abs() > 1e-4, "{l_plain} vs {l_slot}");
+    // Smoothing changes the training loss, never the validation loss.
+    let (_, o) = objective(FinetuneMode::Last);
+    let smoothed = slot(o, 12).unwrap().with_label_smoothing(0.1).unwrap();
+    assert_eq!(smoothed.eval_loss(model).unwrap(), l_slot);
+    let train = |o: &FinetuneObjective| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let l = o
+            .train_loss(model, 0, 0, &mut rng, elmer::Mode::Eval)
+            .unwrap();
+        l.loss.to_scalar::<f32>().unwrap()
+    };
+    // The smoothed loss is (1 - eps) NLL + eps * (mean over the vocabulary of -log p):
+    // linear in eps, and not the plain loss.
+    let at = |eps: f64| {
+        let (_, o) = objective(FinetuneMode::Last);
+        train(&slot(o, 12).unwrap().with_label_smoothing(eps).unwrap()) as f64
+    };
+    let (l0, l1, l2) = (at(0.0), at(0.1), at(0.2));
+    assert_eq!(train(&smoothed) as f64, l1);
+    assert!((l1 - l0).abs() > 1e-3, "{l0} {l1}");
+    assert!(((l2 - l1) - (l1 - l0)).abs() < 1e-4, "{l0} {l1} {l2}");
+}
+
+#[test]
+fn generation_slot_training_learns_where_the_text_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (params, obj) = objective(FinetuneMode::Last);
+    let obj = obj
+        .with_generation_slot(Some(10))
+        .unwrap()
+        .with_label_smoothing(0.1)
+        .unwrap();
+    let tc = TrainConfig {
+        steps: 60,
+        lr: 3e-3,
+        warmup_steps: 3,
+        eval_every: 60,
+        save_every: 0,
+        out_dir: dir.path().to_path_buf(),
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(params, tc).unwrap();
+    t.verbose = false;
+    let s = t.run(&obj).unwrap();
+    let (a, b) = (
+        s.state.initial_eval_loss.unwrap(),
+        s.state.history.last().unwrap().eval_loss.unwrap(),
+    );
+    assert!(b < a - 0.5, "{a} -> {b}");
+}
+
+#[test]
+fn best_checkpoint_follows_the_validation_score() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let dir = tempfile::tempdir().unwrap();
+    let (params, obj) = objective(FinetuneMode::Last);
+    // Scripted scores at the evaluations of steps 0, 2, 4, 6: the best is step 4 (a tie
+    // with step 2 goes to the later step), whatever the losses do.
+    let calls = Rc::new(Cell::new(0usize));
+    let c = calls.clone();
+    let obj = obj.with_validation_scorer(Box::new(move |_m: &elmer::ElmerModel| {
+        let i = c.get();
+        c.set(i + 1);
+        Ok([0.1, 0.9, 0.9, 0.3][i.min(3)])
+    }));
+    let tc = TrainConfig {
+        steps: 6,
+        lr: 1e-3,
+        warmup_steps: 1,
+        eval_every: 2,
+        save_every: 2,
+        out_dir: dir.path().to_path_buf(),
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(params, tc).unwrap();
+    t.verbose = false;
+    let s = t.run(&obj).unwrap();
+    assert_eq!(calls.get(), 4);
+    assert_eq!(s.state.best_score, Some((4, 0.9)));
+    let scores: Vec<Option<f64>> = s.state.history.iter().map(|e| e.eval_score).collect();
+    assert_eq!(scores.iter().flatten().count(), 3, "{scores:?}");
+    // best/ holds step 4's weights.
+    let read = |p: &str| std::fs::read(dir.path().join(p).join("model.safetensors")).unwrap();
+    assert_eq!(read("best"), read("checkpoint-0000004"));
+    assert_ne!(read("best"), read("checkpoint-0000006"));
+}

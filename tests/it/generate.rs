@@ -105,7 +105,7 @@ fn tiny_copy(cross_scale: f64) -> tempfile::TempDir {
 fn config(max_len: usize, policy: ExitPolicy, batch_size: usize) -> GenerationConfig {
     GenerationConfig {
         max_len,
-        policy,
+        policy: Some(policy),
         batch_size,
         ..GenerationConfig::default()
     }
@@ -701,4 +701,85 @@ fn truncated_sources_are_flagged() {
     );
     assert!(!gs[0].source_truncated);
     assert!(gs[1].source_truncated);
+}
+
+/// tiny_sensitive with `elmer_exit_policy` set to `policy` in its config.json.
+fn with_recorded_policy(policy: &str) -> tempfile::TempDir {
+    let dir = tiny_sensitive();
+    let path = dir.path().join("config.json");
+    let mut cfg = elmer::ElmerConfig::from_file(&path).unwrap();
+    cfg.elmer_exit_policy = Some(policy.to_string());
+    cfg.elmer_max_len = Some(12);
+    cfg.save(&path).unwrap();
+    dir
+}
+
+#[test]
+fn the_recorded_policy_is_used_when_none_is_given() {
+    let srcs = random_sources(5, 6, 1000, 12);
+    for (recorded, explicit) in [
+        ("hard:0.3", ExitPolicy::Hard { threshold: 0.3 }),
+        ("soft", ExitPolicy::Soft),
+        ("last", ExitPolicy::LastLayer),
+    ] {
+        let dir = with_recorded_policy(recorded);
+        let model = load(dir.path());
+        assert_eq!(model.recorded_policy().unwrap().name(), explicit.name());
+        assert_eq!(model.config().elmer_max_len, Some(12));
+        let default_cfg = GenerationConfig {
+            max_len: 12,
+            ..GenerationConfig::default()
+        };
+        let g = Generator::new(&model, default_cfg.clone()).unwrap();
+        assert_eq!(g.policy().name(), explicit.name());
+        let by_default = strip(&gen_ids(&model, default_cfg, &srcs));
+        let named = strip(&gen_ids(&model, config(12, explicit.clone(), 4), &srcs));
+        assert_eq!(by_default, named, "{recorded}");
+        // An explicit policy still wins.
+        let g = Generator::new(&model, config(12, ExitPolicy::LastLayer, 4)).unwrap();
+        assert_eq!(g.policy().name(), "last");
+    }
+    // Without a record: the last layer.
+    let model = load(&tiny_dir());
+    assert!(model.recorded_policy().is_none());
+    let g = Generator::new(&model, GenerationConfig::default()).unwrap();
+    assert_eq!(g.policy().name(), "last");
+}
+
+#[test]
+fn a_bad_recorded_policy_is_a_config_error() {
+    for (bad, needle) in [("fast", "fast"), ("hard:-1", "threshold")] {
+        let dir = with_recorded_policy(bad);
+        let e = ElmerModel::from_dir(dir.path(), &LoadOptions::default()).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("elmer_exit_policy") && msg.contains(needle),
+            "{msg}"
+        );
+    }
+    // soft recorded on a checkpoint without concat_head.
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(tiny_dir()).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let path = dir.path().join("config.json");
+    let mut cfg = elmer::ElmerConfig::from_file(&path).unwrap();
+    cfg.elmer_exit_policy = Some("soft".into());
+    cfg.save(&path).unwrap();
+    let msg = ElmerModel::from_dir(dir.path(), &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("elmer_exit_policy") && msg.contains("concat_head"),
+        "{msg}"
+    );
+    // A slot longer than the position table.
+    cfg.elmer_exit_policy = None;
+    cfg.elmer_max_len = Some(cfg.max_position_embeddings + 1);
+    cfg.save(&path).unwrap();
+    let msg = ElmerModel::from_dir(dir.path(), &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("elmer_max_len"), "{msg}");
 }

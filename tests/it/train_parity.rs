@@ -45,6 +45,7 @@ fn setup(detach: bool) -> (Params, Batch, HashMap<String, Tensor>) {
         labels,
         num_target_tokens: n_tgt,
         num_source_tokens: 0,
+        label_smoothing: 0.0,
     };
     (p, batch, r)
 }

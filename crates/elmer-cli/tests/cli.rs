@@ -163,7 +163,7 @@ fn library_texts(dir: &str, policy: ExitPolicy, texts: &[&str]) -> Vec<(String, 
     let model = ElmerModel::from_dir(root().join(dir), &LoadOptions::default()).unwrap();
     let tok = BartTokenizer::from_dir(root().join(dir)).unwrap();
     let cfg = GenerationConfig {
-        policy,
+        policy: Some(policy),
         ..GenerationConfig::default()
     };
     let mut g = Generator::new(&model, cfg).unwrap().with_tokenizer(&tok);
@@ -1031,6 +1031,145 @@ fn pretrain_two_steps_then_resume() {
         None,
     ));
     assert!(e.contains("--preset"), "{e}");
+}
+
+#[test]
+fn own_vocabulary_pretrain_finetune_hard_records_its_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sentences = [
+        "the eiffel tower was completed in 1889 and was the tallest structure in the world .",
+        "oxygen is a chemical element with symbol o and atomic number 8 .",
+        "the university of notre dame was founded in 1842 by father edward sorin .",
+        "beyonce released her debut album , dangerously in love , in 2003 .",
+        "the thames flows through london and is 346 km long .",
+        "water boils at 100 degrees at sea level .",
+    ];
+    let corpus = lines_file(tmp.path(), "corpus.txt", &sentences);
+    let tok_dir = tmp.path().join("tok");
+    let tok_s = tok_dir.display().to_string();
+    let out = stdout(&ok(elmer(
+        &[
+            "tokenizer",
+            "train",
+            "--corpus",
+            &corpus,
+            "--vocab-size",
+            "300",
+            "--min-frequency",
+            "1",
+            "--out",
+            &tok_s,
+        ],
+        None,
+    )));
+    assert!(
+        out.starts_with("trained a 300-id byte-level BPE vocabulary on 1 file(s)"),
+        "{out}"
+    );
+    assert!(out.contains("<mask> = 299"), "{out}");
+    for f in ["tokenizer.json", "vocab.json", "merges.txt"] {
+        assert!(tok_dir.join(f).is_file(), "{f}");
+    }
+    // Pre-training from scratch takes the vocabulary's size and <mask> id.
+    let pre = tmp.path().join("pre");
+    let pre_s = pre.display().to_string();
+    ok(elmer(
+        &[
+            "pretrain",
+            "--corpus",
+            &corpus,
+            "--tokenizer",
+            &tok_s,
+            "--preset",
+            "tiny",
+            "--out",
+            &pre_s,
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--k",
+            "1",
+            "--max-len",
+            "16",
+            "--valid-docs",
+            "2",
+            "--warmup",
+            "1",
+            "--eval-every",
+            "1",
+            "--save-every",
+            "1",
+        ],
+        None,
+    ));
+    let best = pre.join("best").display().to_string();
+    let v: Value = serde_json::from_str(&stdout(&ok(elmer(
+        &["inspect", "--model", &best, "--json"],
+        None,
+    ))))
+    .unwrap();
+    assert_eq!(v["config"]["vocab_size"], 300, "{v}");
+    assert_eq!(v["config"]["elmer_mask_token_id"], 299, "{v}");
+    let o = ok(elmer(
+        &["generate", "--model", &best],
+        Some(b"water boils .\n"),
+    ));
+    assert_eq!(stdout(&o).lines().count(), 1);
+    // Hard-exit fine-tuning records a policy (a threshold chosen on validation data, or
+    // last when none keeps the score) and the slot; generate then uses them by default.
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    task_data(&data);
+    let d = data.display().to_string();
+    let run = tmp.path().join("hard");
+    let run_s = run.display().to_string();
+    ok(elmer(
+        &[
+            "finetune",
+            "--task",
+            "squad",
+            "--pretrained",
+            &best,
+            "--data",
+            &d,
+            "--out",
+            &run_s,
+            "--exit",
+            "hard",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--eval-every",
+            "1",
+            "--max-len",
+            "12",
+            "--latency-samples",
+            "1",
+            "--gen-batch-size",
+            "4",
+        ],
+        None,
+    ));
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("best/config.json")).unwrap())
+            .unwrap();
+    let policy = cfg["elmer_exit_policy"].as_str().unwrap().to_string();
+    assert!(policy.starts_with("hard:") || policy == "last", "{policy}");
+    assert_eq!(cfg["elmer_max_len"], 12);
+    let tuned = run.join("best").display().to_string();
+    let o = ok(elmer(
+        &["-v", "generate", "--model", &tuned, "--json"],
+        Some(b"water boils .\n"),
+    ));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("exit policy {policy}, slot 12 tokens")),
+        "{err}"
+    );
+    let vs = json_lines(&o);
+    assert!(u32s(&vs[0]["ids"]).len() <= 12);
 }
 
 // ------------------------------------------------------------------ score --meteor-jar

@@ -103,6 +103,21 @@ fn parse_exit(s: &str) -> Result<ExitPolicy> {
         .map_err(|e| e.for_argument("--exit"))
 }
 
+/// Generates for `sources` with `cfg`, returning post-processed texts and exit statistics.
+pub fn generate_texts(
+    model: &ElmerModel,
+    tok: &BartTokenizer,
+    sources: &[&str],
+    cfg: GenerationConfig,
+) -> Result<(Vec<String>, ExitStats)> {
+    let mut gen = Generator::new(model, cfg)?.with_tokenizer(tok);
+    let outs = gen.generate(sources)?;
+    Ok((
+        outs.iter().map(|g| postprocess(&g.text)).collect(),
+        gen.stats().clone(),
+    ))
+}
+
 /// Generates for `sources`, returning post-processed texts, exit statistics and the mean
 /// per-sample latency at batch 1 over the first `latency_samples` sources.
 fn generate_all(
@@ -112,9 +127,7 @@ fn generate_all(
     cfg: GenerationConfig,
     latency_samples: usize,
 ) -> Result<(Vec<String>, ExitStats, f64)> {
-    let mut gen = Generator::new(model, cfg.clone())?.with_tokenizer(tok);
-    let outs = gen.generate(sources)?;
-    let stats = gen.stats().clone();
+    let (texts, stats) = generate_texts(model, tok, sources, cfg.clone())?;
     let mut one = Generator::new(
         model,
         GenerationConfig {
@@ -132,11 +145,7 @@ fn generate_all(
             ms += one.generate(&[s])?[0].latency_ms;
         }
     }
-    Ok((
-        outs.iter().map(|g| postprocess(&g.text)).collect(),
-        stats,
-        ms / n.max(1) as f64,
-    ))
+    Ok((texts, stats, ms / n.max(1) as f64))
 }
 
 /// Evaluates `model_dir` on `test` with exit `exit` (and the sweep), printing the table.
@@ -197,7 +206,7 @@ pub fn evaluate(
         bar.set_message(format!("exit {name}"));
         let cfg = GenerationConfig {
             max_len,
-            policy,
+            policy: Some(policy),
             batch_size: opts.gen_batch_size,
             max_source_len: Some(max_src),
             collapse_repeats: false,

@@ -1,16 +1,43 @@
 //! `elmer finetune`: exit fine-tuning on a task, then evaluation of the best checkpoint.
+//!
+//! The best checkpoint is chosen on the validation split by the task's metrics (text
+//! generated with the exit being fine-tuned) unless `--select-by loss`; its `config.json`
+//! then records how the model is meant to be used: `elmer_exit_policy` (for hard exit, the
+//! entropy threshold chosen on validation data) and `elmer_max_len` (the slot).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::Device;
+use elmer::data::Example;
 use elmer::train::Params;
-use elmer::train::{tokenize_pairs, FinetuneMode, FinetuneObjective};
+use elmer::train::{tokenize_pairs, FinetuneMode, FinetuneObjective, ValidationScorer};
 use elmer::train::{TrainConfig, Trainer};
-use elmer::Result;
+use elmer::{BartTokenizer, ElmerConfig, ElmerModel, ExitPolicy, GenerationConfig, Result};
 
-use super::eval::{evaluate, EvalOpts, TaskArgs};
+use super::eval::{evaluate, generate_texts, EvalOpts, TaskArgs};
 use crate::io::{self, NoTokenizer};
 use crate::progress;
+use crate::tasks::{postprocess, Task};
+
+/// `--train-slot`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrainSlot {
+    /// The slot generation uses (`--max-len` positions, all attended): the model learns to
+    /// end the text with `</s>` itself.
+    Generation,
+    /// A slot as long as each target (the decoder mask gives the length away; what
+    /// generation never sees).
+    Target,
+}
+
+/// `--select-by`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SelectBy {
+    /// The mean of the task's quality metrics on text generated for the validation split.
+    Score,
+    /// The validation loss.
+    Loss,
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -44,11 +71,107 @@ pub struct Args {
     /// Validate (and checkpoint) every N steps.
     #[arg(long, default_value_t = 100)]
     pub eval_every: usize,
+    /// Label smoothing of the training cross-entropies (0: none).
+    #[arg(long, default_value_t = 0.1)]
+    pub label_smoothing: f64,
+    /// Decoder slot in training: generation (the --max-len slot generation uses, the model
+    /// places </s> itself) or target (each target's own length, given away by the mask).
+    #[arg(long, value_enum, default_value_t = TrainSlot::Generation)]
+    pub train_slot: TrainSlot,
+    /// How best/ is chosen: score (the task's ROUGE/BLEU/METEOR mean on text generated for
+    /// the validation split with the exit being trained; last layer for hard) or loss.
+    #[arg(long, value_enum, default_value_t = SelectBy::Score)]
+    pub select_by: SelectBy,
+    /// Hard exit: the entropy threshold recorded in best/config.json is the largest of
+    /// 0.1..2.0 whose validation score stays within this fraction of the last layer's.
+    #[arg(long, default_value_t = 0.05)]
+    pub hard_max_loss: f64,
     /// Ignore an existing checkpoint in --out.
     #[arg(long)]
     pub no_resume: bool,
     #[command(flatten)]
     pub eval: EvalOpts,
+}
+
+/// What generation on the validation split needs: sources, references and options.
+#[derive(Clone)]
+struct Validation {
+    task: &'static Task,
+    tok: BartTokenizer,
+    sources: Vec<String>,
+    refs: Vec<String>,
+    max_len: usize,
+    max_src: usize,
+    batch_size: usize,
+}
+
+impl Validation {
+    fn new(
+        task: &'static Task,
+        tok: &BartTokenizer,
+        valid: &[Example],
+        max_len: usize,
+        max_src: usize,
+        batch_size: usize,
+    ) -> Self {
+        Self {
+            task,
+            tok: tok.clone(),
+            sources: valid.iter().map(|e| e.source.clone()).collect(),
+            refs: valid.iter().map(|e| postprocess(&e.target)).collect(),
+            max_len,
+            max_src,
+            batch_size,
+        }
+    }
+
+    /// Selection score and exit fractions of `model` under `policy`.
+    fn score(&self, model: &ElmerModel, policy: &ExitPolicy) -> Result<(f64, Vec<f64>)> {
+        let cfg = GenerationConfig {
+            max_len: self.max_len,
+            policy: Some(policy.clone()),
+            batch_size: self.batch_size,
+            max_source_len: Some(self.max_src),
+            ..GenerationConfig::default()
+        };
+        let sources: Vec<&str> = self.sources.iter().map(String::as_str).collect();
+        let (hyps, stats) = generate_texts(model, &self.tok, &sources, cfg)?;
+        let scores = self.task.score(&hyps, &self.refs)?;
+        Ok((self.task.selection_score(&scores), stats.fractions()))
+    }
+
+    fn scorer(self, policy: ExitPolicy) -> ValidationScorer {
+        Box::new(move |model: &ElmerModel| Ok(self.score(model, &policy)?.0))
+    }
+
+    /// The largest entropy threshold whose score stays within `max_loss` (a fraction) of the
+    /// last layer's; `None` when none does.
+    fn choose_threshold(&self, model: &ElmerModel, max_loss: f64) -> Result<Option<f64>> {
+        let (last, _) = self.score(model, &ExitPolicy::LastLayer)?;
+        tracing::info!("threshold choice on validation: last layer score {last:.3}");
+        let mut chosen = None;
+        for t in [0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0] {
+            let (s, fractions) = self.score(model, &ExitPolicy::Hard { threshold: t })?;
+            let early = 1.0 - fractions.last().copied().unwrap_or(1.0);
+            tracing::info!(
+                "hard:{t}: score {s:.3}, {:.1}% of tokens exit before the last layer",
+                100.0 * early
+            );
+            if s >= (1.0 - max_loss) * last {
+                chosen = Some(t);
+            }
+        }
+        Ok(chosen)
+    }
+}
+
+/// Records the exit policy and slot in `dir/config.json`.
+fn record_usage(dir: &Path, policy: &str, max_len: usize) -> Result<()> {
+    let path = dir.join("config.json");
+    let mut cfg = ElmerConfig::from_file(&path)?;
+    cfg.elmer_exit_policy = Some(policy.to_string());
+    cfg.elmer_max_len = Some(max_len);
+    cfg.save(&path)
 }
 
 pub fn run(a: &Args) -> Result<()> {
@@ -81,7 +204,8 @@ pub fn run(a: &Args) -> Result<()> {
         valid_pairs.len()
     );
     let cfg = params.config().clone();
-    let obj = FinetuneObjective::new(
+    let validation = Validation::new(task, &tok, &valid, max_len, max_src, a.eval.gen_batch_size);
+    let mut obj = FinetuneObjective::new(
         train_pairs,
         valid_pairs,
         mode,
@@ -89,7 +213,20 @@ pub fn run(a: &Args) -> Result<()> {
         32,
         &cfg,
         &device,
-    )?;
+    )?
+    .with_label_smoothing(a.label_smoothing)
+    .map_err(|e| e.for_argument("--label-smoothing"))?
+    .with_generation_slot(match a.train_slot {
+        TrainSlot::Generation => Some(max_len),
+        TrainSlot::Target => None,
+    })?;
+    if a.select_by == SelectBy::Score {
+        let policy = match mode {
+            FinetuneMode::Soft { .. } => ExitPolicy::Soft,
+            FinetuneMode::Hard | FinetuneMode::Last => ExitPolicy::LastLayer,
+        };
+        obj = obj.with_validation_scorer(validation.clone().scorer(policy));
+    }
     let out = a
         .out
         .clone()
@@ -119,14 +256,30 @@ pub fn run(a: &Args) -> Result<()> {
     let best = out.join("best");
     io::copy_tokenizer(&tok_dir, &best)?;
     tracing::info!(
-        "best validation loss {:?}; training took {:.1}s",
+        "best validation loss {:?}, best validation score {:?}; training took {:.1}s",
         summary.state.best_eval,
+        summary.state.best_score,
         summary.state.elapsed_secs
     );
     let policy = match mode {
-        FinetuneMode::Soft { .. } => "soft",
-        FinetuneMode::Hard => "hard:0.5",
-        FinetuneMode::Last => "last",
+        FinetuneMode::Soft { .. } => "soft".to_string(),
+        FinetuneMode::Last => "last".to_string(),
+        FinetuneMode::Hard => {
+            let model = io::load_dir(&best, &elmer::LoadOptions::on(Device::Cpu))?;
+            match validation.choose_threshold(&model, a.hard_max_loss)? {
+                Some(t) => format!("hard:{t}"),
+                None => {
+                    tracing::warn!(
+                        "no hard-exit threshold keeps the validation score within {:.0}% of \
+                         the last layer's; recording last",
+                        100.0 * a.hard_max_loss
+                    );
+                    "last".to_string()
+                }
+            }
+        }
     };
-    evaluate(&a.task, &a.eval, policy, &best, &test)
+    record_usage(&best, &policy, max_len)?;
+    tracing::info!("recorded exit policy {policy} and slot {max_len} in best/config.json");
+    evaluate(&a.task, &a.eval, &policy, &best, &test)
 }

@@ -20,12 +20,15 @@ pub struct Args {
     /// Tokenizer directory (default: the model directory's own tokenizer files).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// Exit policy: last, hard:<entropy threshold>, or soft.
-    #[arg(long, default_value = "last")]
-    pub exit: String,
-    /// Output slot length in tokens.
-    #[arg(long, default_value_t = 64)]
-    pub max_len: usize,
+    /// Exit policy: last, hard:<entropy threshold>, or soft. Default: the policy recorded in
+    /// the model's config.json (`elmer_exit_policy`, the one it was fine-tuned for, with its
+    /// threshold chosen on validation data), else last.
+    #[arg(long)]
+    pub exit: Option<String>,
+    /// Output slot length in tokens. Default: the slot the model was fine-tuned with
+    /// (`elmer_max_len` in its config.json), else 64.
+    #[arg(long)]
+    pub max_len: Option<usize>,
     /// Sources per model call.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
@@ -46,19 +49,28 @@ pub struct Args {
 pub fn run(a: &Args) -> Result<()> {
     let policy = a
         .exit
-        .parse::<ExitPolicy>()
-        .map_err(|e| e.for_argument("--exit"))?;
+        .as_deref()
+        .map(|e| {
+            e.parse::<ExitPolicy>()
+                .map_err(|e| e.for_argument("--exit"))
+        })
+        .transpose()?;
     let device = io::parse_device(&a.device)?;
     let (dir, model) = io::load_model(&a.model, &LoadOptions::on(device))?;
     let tok = io::find_tokenizer(&dir, a.tokenizer.as_deref(), NoTokenizer::Fail)?;
     let cfg = GenerationConfig {
-        max_len: a.max_len,
+        max_len: a.max_len.or(model.config().elmer_max_len).unwrap_or(64),
         policy,
         batch_size: a.batch_size,
         collapse_repeats: a.collapse_repeats,
         ..GenerationConfig::default()
     };
     let mut gen = Generator::new(&model, cfg)?.with_tokenizer(&tok);
+    tracing::info!(
+        "exit policy {}, slot {} tokens",
+        gen.policy().name(),
+        gen.config().max_len
+    );
     let max_source_len = gen.max_source_len();
     // A tokenizer whose ids fit the model cannot produce an out-of-vocabulary line.
     let vocab = model.config().vocab_size;
@@ -139,7 +151,7 @@ pub fn run(a: &Args) -> Result<()> {
     }
     tracing::info!(
         "elmer: {n} outputs, exit {}; exits: {}; mean latency {:.2} ms/sample",
-        gen.config().policy.name(),
+        gen.policy().name(),
         gen.stats(),
         total_ms / n.max(1) as f64
     );

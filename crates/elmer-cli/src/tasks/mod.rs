@@ -120,6 +120,22 @@ impl Task {
     }
 }
 
+impl Task {
+    /// The model-selection score of `scores` (one per [`Task::metrics`] column): the mean of
+    /// the quality columns (ROUGE, BLEU, METEOR; Distinct-n is left out, since noise can
+    /// raise it).
+    pub fn selection_score(&self, scores: &[f64]) -> f64 {
+        let q: Vec<f64> = self
+            .metrics
+            .iter()
+            .zip(scores)
+            .filter(|(m, _)| !matches!(m, Metric::Distinct(_)))
+            .map(|(_, &s)| s)
+            .collect();
+        q.iter().sum::<f64>() / q.len().max(1) as f64
+    }
+}
+
 /// The authors' post-processing before scoring: collapse repeated words, lowercase.
 pub fn postprocess(s: &str) -> String {
     collapse_repeated_words(s).to_lowercase()
