@@ -9,6 +9,7 @@
 //!   [`super::loss::deep_supervision_loss`]) so low layers become confident; the entropy
 //!   threshold is chosen afterwards on validation data.
 //! - Last layer: plain NAR cross-entropy.
+//! - Soft and hard: alternating soft-exit and deep-supervision steps, one model for both.
 //!
 //! Options that matter for NAR quality: [`FinetuneObjective::with_generation_slot`] trains on
 //! the slot generation uses (`[<s>, <mask> x (T-1)]`, every position attended, so the model
@@ -45,20 +46,36 @@ pub enum FinetuneMode {
     Hard,
     /// Plain NAR at the last layer.
     Last,
+    /// One model for both exits: optimizer steps alternate between the soft-exit loss (even
+    /// `step + micro-batch`) and deep supervision (odd), so the same weights serve soft exit
+    /// and hard exit. Validation loss: the mean of the two.
+    SoftAndHard {
+        /// Probability of feeding the gold label's embedding in the soft-exit turns.
+        gold_prob: f64,
+    },
 }
 
 impl FinetuneMode {
-    /// Parses `soft`, `hard` or `last` (soft with the paper's 0.3).
+    /// Parses `soft`, `hard`, `last` or `soft+hard` (soft with the paper's 0.3).
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "soft" => Ok(FinetuneMode::Soft { gold_prob: 0.3 }),
             "hard" => Ok(FinetuneMode::Hard),
             "last" => Ok(FinetuneMode::Last),
+            "soft+hard" => Ok(FinetuneMode::SoftAndHard { gold_prob: 0.3 }),
             other => Err(Error::invalid_arg(
                 "mode",
-                format!("{other:?} is not soft, hard or last"),
+                format!("{other:?} is not soft, hard, last or soft+hard"),
             )),
         }
+    }
+
+    /// Whether the mode trains the soft-exit `concat_head`.
+    pub fn uses_soft_exit(&self) -> bool {
+        matches!(
+            self,
+            FinetuneMode::Soft { .. } | FinetuneMode::SoftAndHard { .. }
+        )
     }
 }
 
@@ -133,7 +150,7 @@ impl FinetuneObjective {
         if batch_size == 0 || eval_batch_size == 0 {
             return Err(Error::invalid_arg("batch_size", "must be at least 1"));
         }
-        if let FinetuneMode::Soft { gold_prob } = mode {
+        if let FinetuneMode::Soft { gold_prob } | FinetuneMode::SoftAndHard { gold_prob } = mode {
             if !(0.0..=1.0).contains(&gold_prob) {
                 return Err(Error::invalid_arg("gold_prob", "must be in [0, 1]"));
             }
@@ -226,21 +243,27 @@ impl FinetuneObjective {
         batch: &Batch,
         rng: Option<&mut StdRng>,
         mode: Mode,
+        hard_turn: bool,
     ) -> Result<Tensor> {
+        let soft = |gold_prob: f64, rng: Option<&mut StdRng>| -> Result<Tensor> {
+            let (b, t) = batch.labels.dims2()?;
+            let use_gold: Vec<u8> = match rng {
+                Some(rng) => (0..b * t)
+                    .map(|_| (rng.random::<f64>() < gold_prob) as u8)
+                    .collect(),
+                None => vec![0; b * t],
+            };
+            let use_gold = Tensor::from_vec(use_gold, (b, t), &self.device)?;
+            soft_exit_loss(model, batch, &use_gold, mode)
+        };
         match self.mode {
-            FinetuneMode::Soft { gold_prob } => {
-                let (b, t) = batch.labels.dims2()?;
-                let use_gold: Vec<u8> = match rng {
-                    Some(rng) => (0..b * t)
-                        .map(|_| (rng.random::<f64>() < gold_prob) as u8)
-                        .collect(),
-                    None => vec![0; b * t],
-                };
-                let use_gold = Tensor::from_vec(use_gold, (b, t), &self.device)?;
-                soft_exit_loss(model, batch, &use_gold, mode)
-            }
+            FinetuneMode::Soft { gold_prob } => soft(gold_prob, rng),
             FinetuneMode::Hard => deep_supervision_loss(model, batch, mode),
             FinetuneMode::Last => last_layer_loss(model, batch, mode),
+            FinetuneMode::SoftAndHard { .. } if hard_turn => {
+                deep_supervision_loss(model, batch, mode)
+            }
+            FinetuneMode::SoftAndHard { gold_prob } => soft(gold_prob, rng),
         }
     }
 }
@@ -249,8 +272,8 @@ impl Objective for FinetuneObjective {
     fn train_loss(
         &self,
         model: &ElmerModel,
-        _step: usize,
-        _micro: usize,
+        step: usize,
+        micro: usize,
         rng: &mut StdRng,
         mode: Mode,
     ) -> Result<MicroLoss> {
@@ -261,7 +284,7 @@ impl Objective for FinetuneObjective {
             .collect();
         let mut batch = self.batch_of(&pairs)?;
         batch.label_smoothing = self.label_smoothing;
-        let loss = self.loss(model, &batch, Some(rng), mode)?;
+        let loss = self.loss(model, &batch, Some(rng), mode, (step + micro) % 2 == 1)?;
         Ok(MicroLoss {
             loss,
             tokens: batch.num_source_tokens + batch.num_target_tokens,
@@ -272,8 +295,15 @@ impl Objective for FinetuneObjective {
         let mut sum = 0.0;
         let mut n = 0usize;
         for b in &self.valid {
-            let l = self.loss(model, b, None, Mode::Eval)?;
-            sum += l.to_dtype(DType::F64)?.to_scalar::<f64>()? * b.num_target_tokens as f64;
+            let mut l = self
+                .loss(model, b, None, Mode::Eval, false)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+            if matches!(self.mode, FinetuneMode::SoftAndHard { .. }) {
+                let hard = self.loss(model, b, None, Mode::Eval, true)?;
+                l = 0.5 * (l + hard.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+            }
+            sum += l * b.num_target_tokens as f64;
             n += b.num_target_tokens;
         }
         Ok(if n == 0 { f64::NAN } else { sum / n as f64 })

@@ -38,7 +38,7 @@ fn train(mode: FinetuneMode, drop_concat_head: bool) -> (f64, f64) {
     } else {
         Params::from_dir(model_dir("cg"), &Device::Cpu).unwrap()
     };
-    if matches!(mode, FinetuneMode::Soft { .. }) {
+    if mode.uses_soft_exit() {
         assert_eq!(
             params.ensure_concat_head(3, 0.02).unwrap(),
             drop_concat_head
@@ -75,6 +75,16 @@ fn soft_exit_fine_tuning_learns_and_creates_concat_head() {
 fn hard_exit_deep_supervision_learns() {
     let (a, b) = train(FinetuneMode::Hard, false);
     assert!(b < a - 0.5, "hard: {a} -> {b}");
+}
+
+#[test]
+fn soft_and_hard_fine_tuning_learns_both_exits() {
+    assert_eq!(
+        FinetuneMode::parse("soft+hard").unwrap(),
+        FinetuneMode::SoftAndHard { gold_prob: 0.3 }
+    );
+    let (a, b) = train(FinetuneMode::SoftAndHard { gold_prob: 0.3 }, true);
+    assert!(b < a - 0.5, "soft+hard: {a} -> {b}");
 }
 
 #[test]

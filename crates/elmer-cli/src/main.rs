@@ -6,6 +6,7 @@
 //! (`RUST_LOG` honoured); progress bars are drawn on stderr only when it is a terminal.
 
 mod cmd;
+mod exit_plot;
 mod io;
 mod logging;
 mod progress;

@@ -813,11 +813,21 @@ fn finetune_then_eval_and_export() {
     let best_s = best.display().to_string();
 
     // eval of the checkpoint: the first policy, then the sweep.
+    let plot = tmp.path().join("exits.svg");
+    let plot_s = plot.display().to_string();
     let mut args = vec![
         "eval", "--task", "squad", "--model", &best_s, "--data", &d, "--exit", "last", "--sweep",
+        "--exit-plot", &plot_s,
     ];
     args.extend_from_slice(&eval_args);
     let out = stdout(&ok(elmer(&args, None)));
+    assert!(
+        out.contains("exit last: ") && out.contains(" distinct outputs for 3 distinct sources ("),
+        "{out}"
+    );
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    // 7 policies x 2 layers.
+    assert_eq!(svg.matches("<title>").count(), 14, "{svg}");
     assert!(
         out.starts_with("squad-qg: 3 test examples, model "),
         "{out}"

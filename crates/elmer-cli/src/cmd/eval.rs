@@ -74,6 +74,10 @@ pub struct EvalOpts {
     /// thresholds 0.0/0.25/0.5/0.75/1.0.
     #[arg(long)]
     pub sweep: bool,
+    /// Write the fraction of tokens exiting at each layer, per policy, as an SVG bar chart
+    /// (the paper's Figure 2).
+    #[arg(long)]
+    pub exit_plot: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -201,6 +205,11 @@ pub fn evaluate(
         ),
         format!("|---|{}", "---|".repeat(cols.len() + 2 + layers)),
     ];
+    let mut distinct_sources: Vec<&str> = sources.clone();
+    distinct_sources.sort_unstable();
+    distinct_sources.dedup();
+    let mut diversity = Vec::new();
+    let mut exit_rows = Vec::new();
     let bar = progress::bar(policies.len(), "evaluating");
     for (i, (name, policy)) in policies.into_iter().enumerate() {
         bar.set_message(format!("exit {name}"));
@@ -221,6 +230,18 @@ pub fn evaluate(
             }
         }
         let scores = task.score(&hyps, &refs)?;
+        let mut distinct_outputs: Vec<&str> = hyps.iter().map(String::as_str).collect();
+        distinct_outputs.sort_unstable();
+        distinct_outputs.dedup();
+        diversity.push(format!(
+            "exit {name}: {} distinct outputs for {} distinct sources ({:.1}%); Distinct-1 {:.2}, Distinct-2 {:.2}",
+            distinct_outputs.len(),
+            distinct_sources.len(),
+            100.0 * distinct_outputs.len() as f64 / distinct_sources.len().max(1) as f64,
+            elmer_metrics::distinct_1(&hyps),
+            elmer_metrics::distinct_2(&hyps)
+        ));
+        exit_rows.push((name.clone(), stats.fractions()));
         let row = format!(
             "| {name} | {} | {latency:.1} | {:.2} | {} |",
             scores
@@ -251,5 +272,15 @@ pub fn evaluate(
         " |".repeat(layers)
     ));
     out.line(table.join("\n"))?;
+    out.line(diversity.join("\n"))?;
+    if let Some(path) = &opts.exit_plot {
+        let title = format!(
+            "{}: fraction of generated tokens exiting at each layer ({} test examples)",
+            task.name,
+            test.len()
+        );
+        let svg = crate::exit_plot::exit_svg(&title, &exit_rows);
+        elmer::checkpoint::write_atomic(path, svg.as_bytes())?;
+    }
     out.flush()
 }

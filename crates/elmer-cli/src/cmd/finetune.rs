@@ -49,7 +49,9 @@ pub struct Args {
     #[arg(long, default_value_t = io::default_model_dir())]
     pub pretrained: String,
     /// Exit to fine-tune for: soft (soft-exit loss, gold mixing 0.3), hard (deep supervision
-    /// of every off-ramp) or last (last layer only).
+    /// of every off-ramp), last (last layer only) or soft+hard (alternating soft-exit and
+    /// deep-supervision steps: best/ records soft, best-hard/ the same weights with the
+    /// hard-exit threshold).
     #[arg(long, default_value = "soft")]
     pub exit: String,
     /// Output directory: checkpoints, best/ (default: runs/squad-qg-<exit>, runs/xsum-<exit>
@@ -165,6 +167,25 @@ impl Validation {
     }
 }
 
+/// Copies the files of model directory `from` (config, weights, tokenizer) into `to`,
+/// replacing it.
+fn copy_model_dir(from: &Path, to: &Path) -> Result<()> {
+    let err = |p: &Path, e| elmer::Error::io(p, e);
+    if to.exists() {
+        std::fs::remove_dir_all(to).map_err(|e| err(to, e))?;
+    }
+    std::fs::create_dir_all(to).map_err(|e| err(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| err(from, e))? {
+        let p = entry.map_err(|e| err(from, e))?.path();
+        if p.is_file() {
+            if let Some(name) = p.file_name() {
+                std::fs::copy(&p, to.join(name)).map_err(|e| err(&p, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Records the exit policy and slot in `dir/config.json`.
 fn record_usage(dir: &Path, policy: &str, max_len: usize) -> Result<()> {
     let path = dir.join("config.json");
@@ -183,7 +204,7 @@ pub fn run(a: &Args) -> Result<()> {
     let tok_dir = io::tokenizer_dir(&pre_dir, None, NoTokenizer::Bart)?;
     let tok = elmer::BartTokenizer::from_dir(&tok_dir)?;
     let mut params = Params::from_dir(&pre_dir, &device)?;
-    if matches!(mode, FinetuneMode::Soft { .. }) && params.ensure_concat_head(a.task.seed, 0.02)? {
+    if mode.uses_soft_exit() && params.ensure_concat_head(a.task.seed, 0.02)? {
         tracing::info!("initialised concat_head (N(0, 0.02))");
     }
     let max_len = a.task.max_len.unwrap_or(task.max_len);
@@ -222,7 +243,7 @@ pub fn run(a: &Args) -> Result<()> {
     })?;
     if a.select_by == SelectBy::Score {
         let policy = match mode {
-            FinetuneMode::Soft { .. } => ExitPolicy::Soft,
+            FinetuneMode::Soft { .. } | FinetuneMode::SoftAndHard { .. } => ExitPolicy::Soft,
             FinetuneMode::Hard | FinetuneMode::Last => ExitPolicy::LastLayer,
         };
         obj = obj.with_validation_scorer(validation.clone().scorer(policy));
@@ -261,24 +282,32 @@ pub fn run(a: &Args) -> Result<()> {
         summary.state.best_score,
         summary.state.elapsed_secs
     );
-    let policy = match mode {
-        FinetuneMode::Soft { .. } => "soft".to_string(),
-        FinetuneMode::Last => "last".to_string(),
-        FinetuneMode::Hard => {
-            let model = io::load_dir(&best, &elmer::LoadOptions::on(Device::Cpu))?;
-            match validation.choose_threshold(&model, a.hard_max_loss)? {
-                Some(t) => format!("hard:{t}"),
-                None => {
-                    tracing::warn!(
-                        "no hard-exit threshold keeps the validation score within {:.0}% of \
-                         the last layer's; recording last",
-                        100.0 * a.hard_max_loss
-                    );
-                    "last".to_string()
-                }
+    let hard_policy = || -> Result<String> {
+        let model = io::load_dir(&best, &elmer::LoadOptions::on(Device::Cpu))?;
+        Ok(match validation.choose_threshold(&model, a.hard_max_loss)? {
+            Some(t) => format!("hard:{t}"),
+            None => {
+                tracing::warn!(
+                    "no hard-exit threshold keeps the validation score within {:.0}% of the \
+                     last layer's; recording last",
+                    100.0 * a.hard_max_loss
+                );
+                "last".to_string()
             }
-        }
+        })
     };
+    let policy = match mode {
+        FinetuneMode::Soft { .. } | FinetuneMode::SoftAndHard { .. } => "soft".to_string(),
+        FinetuneMode::Last => "last".to_string(),
+        FinetuneMode::Hard => hard_policy()?,
+    };
+    if matches!(mode, FinetuneMode::SoftAndHard { .. }) {
+        let hard = hard_policy()?;
+        let dir = out.join("best-hard");
+        copy_model_dir(&best, &dir)?;
+        record_usage(&dir, &hard, max_len)?;
+        tracing::info!("recorded exit policy {hard} in {}", dir.display());
+    }
     record_usage(&best, &policy, max_len)?;
     tracing::info!("recorded exit policy {policy} and slot {max_len} in best/config.json");
     evaluate(&a.task, &a.eval, &policy, &best, &test)

@@ -66,7 +66,7 @@ pub fn run(a: &Args) -> Result<()> {
         ..GenerationConfig::default()
     };
     let mut gen = Generator::new(&model, cfg)?.with_tokenizer(&tok);
-    tracing::info!(
+    tracing::debug!(
         "exit policy {}, slot {} tokens",
         gen.policy().name(),
         gen.config().max_len
