@@ -131,6 +131,7 @@ pub struct FinetuneObjective {
     device: Device,
     slot_len: Option<usize>,
     label_smoothing: f64,
+    pool_factor: usize,
 }
 
 impl FinetuneObjective {
@@ -167,6 +168,7 @@ impl FinetuneObjective {
             device: device.clone(),
             slot_len: None,
             label_smoothing: 0.0,
+            pool_factor: 1,
         };
         obj.valid = obj.batch_valid()?;
         Ok(obj)
@@ -231,6 +233,34 @@ impl FinetuneObjective {
         self
     }
 
+    /// Length-bucketed batches: each training batch is drawn from a random pool of
+    /// `pool_factor x batch_size` pairs sorted by source length, as one of its
+    /// `pool_factor` consecutive chunks (picked uniformly), so its sources have similar
+    /// lengths and little of the encoder's work is padding. Every pair is still equally
+    /// likely to be drawn. `1` (the default): plain random batches.
+    pub fn with_length_buckets(mut self, pool_factor: usize) -> Result<Self> {
+        if pool_factor == 0 {
+            return Err(Error::invalid_arg("pool_factor", "must be at least 1"));
+        }
+        self.pool_factor = pool_factor;
+        Ok(self)
+    }
+
+    /// The training pairs of one micro-batch, drawn from `rng` (what
+    /// [`Objective::train_loss`] trains on).
+    pub fn sample_batch(&self, rng: &mut StdRng) -> Vec<Pair> {
+        let b = self.batch_size.min(self.train.len());
+        let pool = (b * self.pool_factor).min(self.train.len());
+        let mut chosen: Vec<&Pair> = self.train.choose_multiple(rng, pool).collect();
+        if pool > b {
+            chosen.sort_by_key(|p| p.source.len());
+            let chunks = pool / b;
+            let k = rng.random_range(0..chunks);
+            chosen = chosen[k * b..(k + 1) * b].to_vec();
+        }
+        chosen.into_iter().cloned().collect()
+    }
+
     fn batch_of(&self, pairs: &[Pair]) -> Result<Batch> {
         let s: Vec<Vec<u32>> = pairs.iter().map(|p| p.source.clone()).collect();
         let l: Vec<Vec<u32>> = pairs.iter().map(|p| p.labels.clone()).collect();
@@ -277,11 +307,7 @@ impl Objective for FinetuneObjective {
         rng: &mut StdRng,
         mode: Mode,
     ) -> Result<MicroLoss> {
-        let pairs: Vec<Pair> = self
-            .train
-            .choose_multiple(rng, self.batch_size.min(self.train.len()))
-            .cloned()
-            .collect();
+        let pairs = self.sample_batch(rng);
         let mut batch = self.batch_of(&pairs)?;
         batch.label_smoothing = self.label_smoothing;
         let loss = self.loss(model, &batch, Some(rng), mode, (step + micro) % 2 == 1)?;

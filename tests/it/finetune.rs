@@ -231,3 +231,27 @@ fn best_checkpoint_follows_the_validation_score() {
     assert_eq!(read("best"), read("checkpoint-0000004"));
     assert_ne!(read("best"), read("checkpoint-0000006"));
 }
+
+#[test]
+fn length_buckets_group_similar_sources() {
+    let (_, plain) = objective(FinetuneMode::Last);
+    let (_, o) = objective(FinetuneMode::Last);
+    let bucketed = o.with_length_buckets(8).unwrap();
+    let (_, o) = objective(FinetuneMode::Last);
+    assert!(o.with_length_buckets(0).is_err());
+    let train = pairs(64, 1);
+    let spread = |o: &FinetuneObjective| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut total = 0usize;
+        for _ in 0..40 {
+            let b = o.sample_batch(&mut rng);
+            assert_eq!(b.len(), 8);
+            assert!(b.iter().all(|p| train.contains(p)));
+            let lens: Vec<usize> = b.iter().map(|p| p.source.len()).collect();
+            total += lens.iter().max().unwrap() - lens.iter().min().unwrap();
+        }
+        total
+    };
+    let (a, b) = (spread(&plain), spread(&bucketed));
+    assert!(b * 2 < a, "length spread: plain {a}, bucketed {b}");
+}

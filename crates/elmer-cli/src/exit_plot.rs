@@ -101,7 +101,13 @@ mod tests {
         assert!(svg.contains("exits &lt;test&gt;"));
         assert_eq!(svg.matches("<title>").count(), 6);
         assert!(svg.contains("hard:0.5 layer 1: 50.0%"));
-        assert!(svg.contains(r#"height="220.0""#), "a full bar is the plot height");
-        assert!(svg.contains(r#"height="110.0""#), "half a bar is half of it");
+        assert!(
+            svg.contains(r#"height="220.0""#),
+            "a full bar is the plot height"
+        );
+        assert!(
+            svg.contains(r#"height="110.0""#),
+            "half a bar is half of it"
+        );
     }
 }

@@ -816,8 +816,18 @@ fn finetune_then_eval_and_export() {
     let plot = tmp.path().join("exits.svg");
     let plot_s = plot.display().to_string();
     let mut args = vec![
-        "eval", "--task", "squad", "--model", &best_s, "--data", &d, "--exit", "last", "--sweep",
-        "--exit-plot", &plot_s,
+        "eval",
+        "--task",
+        "squad",
+        "--model",
+        &best_s,
+        "--data",
+        &d,
+        "--exit",
+        "last",
+        "--sweep",
+        "--exit-plot",
+        &plot_s,
     ];
     args.extend_from_slice(&eval_args);
     let out = stdout(&ok(elmer(&args, None)));

@@ -26,11 +26,7 @@ pub fn run(a: &Args) -> Result<()> {
     let params = Params::from_dir(&a.checkpoint, &Device::Cpu)?;
     params.save_f16(&a.out)?;
     let tok_dir = io::tokenizer_dir(&a.checkpoint, a.tokenizer.as_deref(), NoTokenizer::Bart)?;
-    for f in ["vocab.json", "merges.txt"] {
-        let from = tok_dir.join(f);
-        let to = a.out.join(f);
-        std::fs::copy(&from, &to).map_err(|e| Error::io(&from, e))?;
-    }
+    io::copy_tokenizer(&tok_dir, &a.out)?;
     let weights = a.out.join("model.safetensors");
     let size = std::fs::metadata(&weights)
         .map_err(|e| Error::io(&weights, e))?

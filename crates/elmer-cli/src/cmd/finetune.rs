@@ -73,6 +73,10 @@ pub struct Args {
     /// Validate (and checkpoint) every N steps.
     #[arg(long, default_value_t = 100)]
     pub eval_every: usize,
+    /// Length-bucketed batches: each batch is a chunk of similar source lengths out of a
+    /// random pool of this many batches (1: plain random batches).
+    #[arg(long, default_value_t = 16)]
+    pub bucket_pool: usize,
     /// Label smoothing of the training cross-entropies (0: none).
     #[arg(long, default_value_t = 0.1)]
     pub label_smoothing: f64,
@@ -237,6 +241,8 @@ pub fn run(a: &Args) -> Result<()> {
     )?
     .with_label_smoothing(a.label_smoothing)
     .map_err(|e| e.for_argument("--label-smoothing"))?
+    .with_length_buckets(a.bucket_pool)
+    .map_err(|e| e.for_argument("--bucket-pool"))?
     .with_generation_slot(match a.train_slot {
         TrainSlot::Generation => Some(max_len),
         TrainSlot::Target => None,
@@ -284,17 +290,19 @@ pub fn run(a: &Args) -> Result<()> {
     );
     let hard_policy = || -> Result<String> {
         let model = io::load_dir(&best, &elmer::LoadOptions::on(Device::Cpu))?;
-        Ok(match validation.choose_threshold(&model, a.hard_max_loss)? {
-            Some(t) => format!("hard:{t}"),
-            None => {
-                tracing::warn!(
-                    "no hard-exit threshold keeps the validation score within {:.0}% of the \
+        Ok(
+            match validation.choose_threshold(&model, a.hard_max_loss)? {
+                Some(t) => format!("hard:{t}"),
+                None => {
+                    tracing::warn!(
+                        "no hard-exit threshold keeps the validation score within {:.0}% of the \
                      last layer's; recording last",
-                    100.0 * a.hard_max_loss
-                );
-                "last".to_string()
-            }
-        })
+                        100.0 * a.hard_max_loss
+                    );
+                    "last".to_string()
+                }
+            },
+        )
     };
     let policy = match mode {
         FinetuneMode::Soft { .. } | FinetuneMode::SoftAndHard { .. } => "soft".to_string(),

@@ -80,6 +80,16 @@ pub fn run(a: &Args) -> Result<()> {
         "off-ramps    {:?}; detach copied states {}",
         cfg.elmer_offramps, cfg.elmer_detach_copied_states
     ))?;
+    out.line(format_args!(
+        "usage        exit policy {}, slot {}",
+        cfg.elmer_exit_policy
+            .as_deref()
+            .unwrap_or("not recorded (generation uses last)"),
+        cfg.elmer_max_len
+            .map_or("not recorded (generate uses 64)".to_string(), |t| format!(
+                "{t} tokens"
+            ))
+    ))?;
     for (part, n) in &report.parameters {
         out.line(format_args!("params       {part:<8} {n:>12}"))?;
     }
