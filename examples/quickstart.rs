@@ -1,59 +1,86 @@
-//! Quickstart: generate questions with the small ELMER model that ships with the crate
-//! (`models/elmer-small-squadqg`), with each exit policy, and show exit statistics and
-//! per-sample latency. No download needed.
+//! Quickstart: questions for a few sentences from the small ELMER model that ships with the
+//! crate, `models/elmer-small-squadqg`, run with the exit policy recorded in its config (the
+//! one it was fine-tuned for: soft exit), with hard exit (a `models/elmer-small-squadqg-hard`
+//! directory with its own recorded threshold when present, else the paper's 0.5) and with
+//! the plain last layer for comparison. Prints every question with the exit layer of each token
+//! and the per-sample latency at batch 1. No download needed.
 //!
 //! ```text
 //! cargo run --release --example quickstart
+//! cargo run --release --example quickstart -- path/to/model [path/to/other-model ...]
 //! ```
 
 use elmer::{BartTokenizer, ElmerModel, ExitPolicy, LoadOptions};
 use elmer::{GenerationConfig, Generator};
 
+/// Sentences in the form of the Du et al. SQuAD split (lowercased, PTB tokens).
 const SENTENCES: &[&str] = &[
     "the eiffel tower was completed in 1889 and was the tallest man-made structure in the world for 41 years .",
     "oxygen is a chemical element with symbol o and atomic number 8 .",
     "the university of notre dame was founded in 1842 by father edward sorin .",
     "beyonce released her debut album , dangerously in love , in 2003 .",
+    "the amazon river flows through brazil , peru and colombia before reaching the atlantic ocean .",
 ];
 
-/// The small model that ships with the repository.
-const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/elmer-small-squadqg");
+const MODELS: &[&str] = &[
+    concat!(env!("CARGO_MANIFEST_DIR"), "/models/elmer-small-squadqg"),
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/models/elmer-small-squadqg-hard"
+    ),
+];
 
-fn main() -> elmer::Result<()> {
-    let dir = std::env::args().nth(1).unwrap_or_else(|| MODEL.to_string());
-    let model = ElmerModel::from_dir(&dir, &LoadOptions::default())?;
-    let tok = BartTokenizer::from_dir(&dir)?;
+fn run(dir: &str, policy: Option<ExitPolicy>) -> elmer::Result<()> {
+    let model = ElmerModel::from_dir(dir, &LoadOptions::default())?;
+    let tok = BartTokenizer::from_dir(dir)?;
+    let cfg = GenerationConfig {
+        max_len: model.config().elmer_max_len.unwrap_or(32),
+        policy, // None: the model's recorded policy
+        batch_size: 1,
+        collapse_repeats: true, // the authors' post-processing
+        ..GenerationConfig::default()
+    };
+    // Warm-up so the timings below are steady.
+    Generator::new(&model, cfg.clone())?
+        .with_tokenizer(&tok)
+        .generate(&SENTENCES[..1])?;
+    let mut gen = Generator::new(&model, cfg)?.with_tokenizer(&tok);
+    let outs = gen.generate(SENTENCES)?;
     println!(
-        "model {dir}: {} decoder layers (exit layers 1..={})",
-        model.num_decoder_layers(),
+        "\n{dir}\n  exit {} ({} decoder layers, exit layers counted from 1):",
+        gen.policy().name(),
         model.num_decoder_layers()
     );
-    for policy in [
-        ExitPolicy::Soft,
-        ExitPolicy::Hard { threshold: 1.0 },
-        ExitPolicy::LastLayer,
-    ] {
-        let cfg = GenerationConfig {
-            max_len: 24,
-            policy: Some(policy.clone()),
-            batch_size: 1,
-            collapse_repeats: true,
-            ..GenerationConfig::default()
-        };
-        let mut gen = Generator::new(&model, cfg)?.with_tokenizer(&tok);
-        // Warm-up so the timings below are steady.
-        gen.generate(&SENTENCES[..1])?;
-        let mut gen = Generator::new(&model, gen.config().clone())?.with_tokenizer(&tok);
-        let outs = gen.generate(SENTENCES)?;
-        println!("\nexit {}:", policy.name());
-        for (s, g) in SENTENCES.iter().zip(&outs) {
-            println!(
-                "  {s}\n    -> {}   (exit layers {:?}, {:.1} ms)",
-                g.text, g.exit_layers, g.latency_ms
-            );
-        }
-        let ms: f64 = outs.iter().map(|g| g.latency_ms).sum::<f64>() / outs.len() as f64;
-        println!("  exits: {}; {ms:.1} ms/sample at batch 1", gen.stats());
+    for (s, g) in SENTENCES.iter().zip(&outs) {
+        println!(
+            "  {s}\n    -> {}   (exit layers {:?}, {:.1} ms)",
+            g.text, g.exit_layers, g.latency_ms
+        );
     }
+    let ms: f64 = outs.iter().map(|g| g.latency_ms).sum::<f64>() / outs.len() as f64;
+    println!("  exits: {}; {ms:.1} ms/sample at batch 1", gen.stats());
     Ok(())
+}
+
+fn main() -> elmer::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let dirs: Vec<&str> = if args.is_empty() {
+        // The hard-exit directory is optional.
+        MODELS
+            .iter()
+            .copied()
+            .filter(|d| std::path::Path::new(d).join("config.json").is_file())
+            .collect()
+    } else {
+        args.iter().map(String::as_str).collect()
+    };
+    for dir in &dirs {
+        run(dir, None)?;
+    }
+    // Without a hard-exit directory beside it, hard exit at the paper's threshold.
+    if dirs.len() == 1 {
+        run(dirs[0], Some(ExitPolicy::Hard { threshold: 0.5 }))?;
+    }
+    // The first model at its last layer only, for comparison.
+    run(dirs[0], Some(ExitPolicy::LastLayer))
 }

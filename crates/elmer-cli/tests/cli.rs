@@ -1192,6 +1192,63 @@ fn own_vocabulary_pretrain_finetune_hard_records_its_policy() {
     assert!(u32s(&vs[0]["ids"]).len() <= 12);
 }
 
+#[test]
+fn finetune_in_two_sittings_with_stop_at() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    task_data(&data);
+    let d = data.display().to_string();
+    let run = tmp.path().join("run");
+    let run_s = run.display().to_string();
+    let args = |extra: &[&'static str]| {
+        let mut v: Vec<String> = [
+            "finetune",
+            "--task",
+            "squad",
+            "--pretrained",
+            TINY,
+            "--data",
+            &d,
+            "--out",
+            &run_s,
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--eval-every",
+            "1",
+            "--latency-samples",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let first = args(&["--stop-at", "2"]);
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let o = ok(elmer(&first, None));
+    assert!(
+        stderr(&o).contains("stopped at step 2 of 3"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !stdout(&o).contains("| soft |"),
+        "no evaluation before the end"
+    );
+    let cfg = std::fs::read_to_string(run.join("best/config.json")).unwrap();
+    assert!(!cfg.contains("elmer_exit_policy"), "{cfg}");
+    let second = args(&[]);
+    let second: Vec<&str> = second.iter().map(String::as_str).collect();
+    let o = ok(elmer(&second, None));
+    assert!(stderr(&o).contains("resumed from step 2"), "{}", stderr(&o));
+    let cfg = std::fs::read_to_string(run.join("best/config.json")).unwrap();
+    assert!(cfg.contains("\"elmer_exit_policy\": \"soft\""), "{cfg}");
+}
+
 // ------------------------------------------------------------------ score --meteor-jar
 
 fn crc32(data: &[u8]) -> u32 {

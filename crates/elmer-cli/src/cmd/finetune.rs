@@ -92,6 +92,11 @@ pub struct Args {
     /// 0.1..2.0 whose validation score stays within this fraction of the last layer's.
     #[arg(long, default_value_t = 0.05)]
     pub hard_max_loss: f64,
+    /// Stop after this many steps of the --steps schedule (a run in sittings: the
+    /// learning-rate schedule stays that of --steps; rerun without it, or with a later one,
+    /// to go on from the last checkpoint).
+    #[arg(long)]
+    pub stop_at: Option<usize>,
     /// Ignore an existing checkpoint in --out.
     #[arg(long)]
     pub no_resume: bool,
@@ -208,6 +213,19 @@ pub fn run(a: &Args) -> Result<()> {
     let tok_dir = io::tokenizer_dir(&pre_dir, None, NoTokenizer::Bart)?;
     let tok = elmer::BartTokenizer::from_dir(&tok_dir)?;
     let mut params = Params::from_dir(&pre_dir, &device)?;
+    if tok.vocab_size() > params.config().vocab_size {
+        return Err(elmer::Error::invalid_arg(
+            "--pretrained",
+            format!(
+                "the tokenizer in {} has {} ids but the model's vocabulary has {}: put the \
+                 model's own tokenizer files (tokenizer.json or vocab.json + merges.txt) in \
+                 its directory",
+                tok_dir.display(),
+                tok.vocab_size(),
+                params.config().vocab_size
+            ),
+        ));
+    }
     if mode.uses_soft_exit() && params.ensure_concat_head(a.task.seed, 0.02)? {
         tracing::info!("initialised concat_head (N(0, 0.02))");
     }
@@ -278,7 +296,7 @@ pub fn run(a: &Args) -> Result<()> {
         }
     }
     let bar = progress::attach_train_bar(&mut trainer, "fine-tuning");
-    let summary = trainer.run(&obj)?;
+    let summary = trainer.run_until(&obj, a.stop_at.unwrap_or(a.steps))?;
     bar.finish_and_clear();
     let best = out.join("best");
     io::copy_tokenizer(&tok_dir, &best)?;
@@ -288,6 +306,14 @@ pub fn run(a: &Args) -> Result<()> {
         summary.state.best_score,
         summary.state.elapsed_secs
     );
+    if summary.state.step < a.steps {
+        tracing::info!(
+            "stopped at step {} of {} (--stop-at); run again to go on",
+            summary.state.step,
+            a.steps
+        );
+        return Ok(());
+    }
     let hard_policy = || -> Result<String> {
         let model = io::load_dir(&best, &elmer::LoadOptions::on(Device::Cpu))?;
         Ok(

@@ -73,9 +73,22 @@ pub struct Args {
     /// Checkpoint every N steps.
     #[arg(long, default_value_t = 100)]
     pub save_every: usize,
+    /// Keep the sentence order of the corrupted source (BART's sentence shuffling off): the
+    /// NAR decoder then only has to undo the span masking, whose alignment to the source is
+    /// monotonic; with shuffling a small model can stay at unigram-level loss for long.
+    #[arg(long)]
+    pub no_sentence_shuffle: bool,
+    /// Fraction of tokens masked (in Poisson spans).
+    #[arg(long, default_value_t = 0.15)]
+    pub mask_ratio: f64,
     /// Poisson lambda of the masked spans.
     #[arg(long, default_value_t = 3.0)]
     pub lambda: f64,
+    /// Stop after this many steps of the --steps schedule (a run in sittings: the
+    /// learning-rate schedule stays that of --steps; rerun without it, or with a later one,
+    /// to go on from the last checkpoint).
+    #[arg(long)]
+    pub stop_at: Option<usize>,
     /// Ignore an existing checkpoint in --out.
     #[arg(long)]
     pub no_resume: bool,
@@ -167,6 +180,8 @@ pub fn run(a: &Args) -> Result<()> {
             k: a.k,
             corruption: CorruptionConfig {
                 poisson_lambda: a.lambda,
+                mask_ratio: a.mask_ratio,
+                sentence_shuffle: !a.no_sentence_shuffle,
                 ..CorruptionConfig::default()
             },
             eval_k: 2,
@@ -195,7 +210,7 @@ pub fn run(a: &Args) -> Result<()> {
     }
     let before = obj.reconstruction_accuracy(trainer.model())?;
     let bar = progress::attach_train_bar(&mut trainer, "pre-training");
-    let summary = trainer.run(&obj)?;
+    let summary = trainer.run_until(&obj, a.stop_at.unwrap_or(a.steps))?;
     bar.finish_and_clear();
     let after = obj.reconstruction_accuracy(trainer.model())?;
     let history_path = a.out.join("history.json");
