@@ -47,18 +47,29 @@ fn train(mode: FinetuneMode, drop_concat_head: bool) -> (f64, f64) {
     let cfg = params.config().clone();
     let obj = FinetuneObjective::new(pairs(64, 1), pairs(16, 2), mode, 8, 16, &cfg, &Device::Cpu)
         .unwrap();
+    run_steps(params, &obj, dir.path(), 30)
+}
+
+/// Trains `steps` steps at lr 3e-3 (validation at the start and the end); returns the first
+/// and last validation losses.
+fn run_steps(
+    params: Params,
+    obj: &FinetuneObjective,
+    out: &std::path::Path,
+    steps: usize,
+) -> (f64, f64) {
     let tc = TrainConfig {
-        steps: 30,
+        steps,
         lr: 3e-3,
         warmup_steps: 3,
-        eval_every: 30,
+        eval_every: steps,
         save_every: 0,
-        out_dir: dir.path().to_path_buf(),
+        out_dir: out.to_path_buf(),
         ..TrainConfig::default()
     };
     let mut t = Trainer::new(params, tc).unwrap();
     t.verbose = false;
-    let s = t.run(&obj).unwrap();
+    let s = t.run(obj).unwrap();
     (
         s.state.initial_eval_loss.unwrap(),
         s.state.history.last().unwrap().eval_loss.unwrap(),
@@ -176,22 +187,7 @@ fn generation_slot_training_learns_where_the_text_ends() {
         .unwrap()
         .with_label_smoothing(0.1)
         .unwrap();
-    let tc = TrainConfig {
-        steps: 60,
-        lr: 3e-3,
-        warmup_steps: 3,
-        eval_every: 60,
-        save_every: 0,
-        out_dir: dir.path().to_path_buf(),
-        ..TrainConfig::default()
-    };
-    let mut t = Trainer::new(params, tc).unwrap();
-    t.verbose = false;
-    let s = t.run(&obj).unwrap();
-    let (a, b) = (
-        s.state.initial_eval_loss.unwrap(),
-        s.state.history.last().unwrap().eval_loss.unwrap(),
-    );
+    let (a, b) = run_steps(params, &obj, dir.path(), 60);
     assert!(b < a - 0.5, "{a} -> {b}");
 }
 

@@ -953,21 +953,38 @@ fn eval_reports_each_tasks_columns() {
     }
 }
 
+/// A six-sentence pre-training corpus.
+const CORPUS: &[&str] = &[
+    "the eiffel tower was completed in 1889 and was the tallest structure in the world .",
+    "oxygen is a chemical element with symbol o and atomic number 8 .",
+    "the university of notre dame was founded in 1842 by father edward sorin .",
+    "beyonce released her debut album , dangerously in love , in 2003 .",
+    "the thames flows through london and is 346 km long .",
+    "water boils at 100 degrees at sea level .",
+];
+
+/// The options of a two-step pre-training run on [`CORPUS`].
+const TINY_PRETRAIN: &[&str] = &[
+    "--batch-size",
+    "2",
+    "--k",
+    "1",
+    "--max-len",
+    "16",
+    "--valid-docs",
+    "2",
+    "--warmup",
+    "1",
+    "--eval-every",
+    "1",
+    "--save-every",
+    "1",
+];
+
 #[test]
 fn pretrain_two_steps_then_resume() {
     let tmp = tempfile::tempdir().unwrap();
-    let corpus = lines_file(
-        tmp.path(),
-        "corpus.txt",
-        &[
-            "the eiffel tower was completed in 1889 and was the tallest structure in the world .",
-            "oxygen is a chemical element with symbol o and atomic number 8 .",
-            "the university of notre dame was founded in 1842 by father edward sorin .",
-            "beyonce released her debut album , dangerously in love , in 2003 .",
-            "the thames flows through london and is 346 km long .",
-            "water boils at 100 degrees at sea level .",
-        ],
-    );
+    let corpus = lines_file(tmp.path(), "corpus.txt", CORPUS);
     let out_dir = tmp.path().join("pre");
     let out_s = out_dir.display().to_string();
     let run = |steps: &str| {
@@ -984,21 +1001,11 @@ fn pretrain_two_steps_then_resume() {
                 TINY,
                 "--tokenizer",
                 TINY,
-                "--batch-size",
-                "2",
-                "--k",
-                "1",
-                "--max-len",
-                "16",
-                "--valid-docs",
-                "2",
-                "--warmup",
-                "1",
-                "--eval-every",
-                "1",
-                "--save-every",
-                "1",
-            ],
+            ]
+            .iter()
+            .chain(TINY_PRETRAIN)
+            .copied()
+            .collect::<Vec<_>>(),
             None,
         )
     };
@@ -1056,15 +1063,7 @@ fn pretrain_two_steps_then_resume() {
 #[test]
 fn own_vocabulary_pretrain_finetune_hard_records_its_policy() {
     let tmp = tempfile::tempdir().unwrap();
-    let sentences = [
-        "the eiffel tower was completed in 1889 and was the tallest structure in the world .",
-        "oxygen is a chemical element with symbol o and atomic number 8 .",
-        "the university of notre dame was founded in 1842 by father edward sorin .",
-        "beyonce released her debut album , dangerously in love , in 2003 .",
-        "the thames flows through london and is 346 km long .",
-        "water boils at 100 degrees at sea level .",
-    ];
-    let corpus = lines_file(tmp.path(), "corpus.txt", &sentences);
+    let corpus = lines_file(tmp.path(), "corpus.txt", CORPUS);
     let tok_dir = tmp.path().join("tok");
     let tok_s = tok_dir.display().to_string();
     let out = stdout(&ok(elmer(
@@ -1106,21 +1105,11 @@ fn own_vocabulary_pretrain_finetune_hard_records_its_policy() {
             &pre_s,
             "--steps",
             "2",
-            "--batch-size",
-            "2",
-            "--k",
-            "1",
-            "--max-len",
-            "16",
-            "--valid-docs",
-            "2",
-            "--warmup",
-            "1",
-            "--eval-every",
-            "1",
-            "--save-every",
-            "1",
-        ],
+        ]
+        .iter()
+        .chain(TINY_PRETRAIN)
+        .copied()
+        .collect::<Vec<_>>(),
         None,
     ));
     let best = pre.join("best").display().to_string();
