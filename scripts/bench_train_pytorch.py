@@ -521,7 +521,7 @@ def run_case(name, model, step_fn, lr, warmup_lr, args, params):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 2.0)
         for g in opt.param_groups:
-            g["lr"] = linear_lr(lr, warmup_lr, 300, step)
+            g["lr"] = linear_lr(lr, warmup_lr, total_steps, step)
         opt.step()
         opt.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
