@@ -176,8 +176,7 @@ impl Validation {
     }
 }
 
-/// Copies the files of model directory `from` (config, weights, tokenizer) into `to`,
-/// replacing it.
+/// Copies the files of model directory `from` (config, weights, tokenizer) into a fresh `to`.
 fn copy_model_dir(from: &Path, to: &Path) -> Result<()> {
     let err = |p: &Path, e| elmer::Error::io(p, e);
     if to.exists() {
@@ -337,9 +336,15 @@ pub fn run(a: &Args) -> Result<()> {
     };
     if matches!(mode, FinetuneMode::SoftAndHard { .. }) {
         let hard = hard_policy()?;
+        // Built beside it and renamed into place, so best-hard/ is never half-written.
+        let tmp = out.join(".tmp-best-hard");
+        copy_model_dir(&best, &tmp)?;
+        record_usage(&tmp, &hard, max_len)?;
         let dir = out.join("best-hard");
-        copy_model_dir(&best, &dir)?;
-        record_usage(&dir, &hard, max_len)?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| elmer::Error::io(&dir, e))?;
+        }
+        std::fs::rename(&tmp, &dir).map_err(|e| elmer::Error::io(&dir, e))?;
         tracing::info!("recorded exit policy {hard} in {}", dir.display());
     }
     record_usage(&best, &policy, max_len)?;
