@@ -30,6 +30,7 @@ use super::trainer::{MicroLoss, Objective};
 use crate::config::ElmerConfig;
 use crate::data::Example;
 use crate::error::{Error, Result};
+use crate::model::exit::{DecodeOptions, ExitPolicy};
 use crate::model::ElmerModel;
 use crate::nn::Mode;
 use crate::tokenizer::BartTokenizer;
@@ -132,6 +133,7 @@ pub struct FinetuneObjective {
     slot_len: Option<usize>,
     label_smoothing: f64,
     pool_factor: usize,
+    glance_ratio: f64,
 }
 
 impl FinetuneObjective {
@@ -169,6 +171,7 @@ impl FinetuneObjective {
             slot_len: None,
             label_smoothing: 0.0,
             pool_factor: 1,
+            glance_ratio: 0.0,
         };
         obj.valid = obj.batch_valid()?;
         Ok(obj)
@@ -246,6 +249,66 @@ impl FinetuneObjective {
         Ok(self)
     }
 
+    /// Glancing training (Qian et al. 2021, "Glancing Transformer"): before each training
+    /// step the model predicts the batch from the plain `<mask>` slot (last layer, eval mode,
+    /// no gradient); for a row with `w` wrong tokens, `ceil(ratio * w)` of its label
+    /// positions (drawn uniformly, at most all but one) get the gold token as decoder input
+    /// instead of `<mask>`, and those positions leave the loss. The model so learns to fill
+    /// the rest of a question around a few known words, which counters the NAR decoder's
+    /// pull towards one template answer; generation still starts from `<mask>` only.
+    /// `0` (the default): off. The paper's soft exit mixes gold tokens in a similar way,
+    /// but only through the `concat_head` from layer 2 up.
+    pub fn with_glancing(mut self, ratio: f64) -> Result<Self> {
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(Error::invalid_arg(
+                "glance_ratio",
+                format!("{ratio} is not in [0, 1]"),
+            ));
+        }
+        self.glance_ratio = ratio;
+        Ok(self)
+    }
+
+    /// Applies glancing to `batch` (see [`Self::with_glancing`]): what
+    /// [`Objective::train_loss`] trains on when glancing is on. Returns the batch with gold
+    /// decoder inputs at the glanced positions and `<pad>` labels there.
+    pub fn glance(&self, model: &ElmerModel, batch: Batch, rng: &mut StdRng) -> Result<Batch> {
+        let pad = self.model_cfg.pad_token_id;
+        let enc =
+            model.encode_with_mode(&batch.input_ids, Some(&batch.attention_mask), Mode::Eval)?;
+        let out = model.decode_with_mode(
+            &enc,
+            &batch.decoder_input_ids,
+            Some(&batch.decoder_attention_mask),
+            &DecodeOptions::new(ExitPolicy::LastLayer),
+            Mode::Eval,
+        )?;
+        let pred: Vec<Vec<u32>> = out.ids.to_vec2()?;
+        let labels: Vec<Vec<u32>> = batch.labels.to_vec2()?;
+        let mut dec: Vec<Vec<u32>> = batch.decoder_input_ids.to_vec2()?;
+        let mut lab = labels.clone();
+        for (i, row) in labels.iter().enumerate() {
+            let pos: Vec<usize> = (0..row.len()).filter(|&j| row[j] != pad).collect();
+            let wrong = pos.iter().filter(|&&j| pred[i][j] != row[j]).count();
+            let k = ((self.glance_ratio * wrong as f64).ceil() as usize)
+                .min(pos.len().saturating_sub(1));
+            for &j in pos.choose_multiple(rng, k) {
+                dec[i][j] = row[j];
+                lab[i][j] = pad;
+            }
+        }
+        let (b, t) = batch.labels.dims2()?;
+        let dev = &self.device;
+        let flat = |v: Vec<Vec<u32>>| Tensor::from_vec(v.concat(), (b, t), dev);
+        let num_target_tokens = lab.iter().flatten().filter(|&&y| y != pad).count();
+        Ok(Batch {
+            decoder_input_ids: flat(dec)?,
+            labels: flat(lab)?,
+            num_target_tokens,
+            ..batch
+        })
+    }
+
     /// The training pairs of one micro-batch, drawn from `rng` (what
     /// [`Objective::train_loss`] trains on).
     pub fn sample_batch(&self, rng: &mut StdRng) -> Vec<Pair> {
@@ -309,12 +372,13 @@ impl Objective for FinetuneObjective {
     ) -> Result<MicroLoss> {
         let pairs = self.sample_batch(rng);
         let mut batch = self.batch_of(&pairs)?;
+        let tokens = batch.num_source_tokens + batch.num_target_tokens;
+        if self.glance_ratio > 0.0 {
+            batch = self.glance(model, batch, rng)?;
+        }
         batch.label_smoothing = self.label_smoothing;
         let loss = self.loss(model, &batch, Some(rng), mode, (step + micro) % 2 == 1)?;
-        Ok(MicroLoss {
-            loss,
-            tokens: batch.num_source_tokens + batch.num_target_tokens,
-        })
+        Ok(MicroLoss { loss, tokens })
     }
 
     fn eval_loss(&self, model: &ElmerModel) -> Result<f64> {

@@ -251,3 +251,58 @@ fn length_buckets_group_similar_sources() {
     let (a, b) = (spread(&plain), spread(&bucketed));
     assert!(b * 2 < a, "length spread: plain {a}, bucketed {b}");
 }
+
+#[test]
+fn glancing_feeds_gold_tokens_and_drops_them_from_the_loss() {
+    let (params, o) = objective(FinetuneMode::Last);
+    let model = params.model().unwrap();
+    for bad in [-0.1, 1.5, f64::NAN] {
+        let (_, o) = objective(FinetuneMode::Last);
+        assert!(o.with_glancing(bad).is_err(), "{bad}");
+    }
+    let o = o
+        .with_generation_slot(Some(10))
+        .unwrap()
+        .with_glancing(1.0)
+        .unwrap();
+    let cfg = params.config().clone();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let pairs = o.sample_batch(&mut rng);
+    let s: Vec<Vec<u32>> = pairs.iter().map(|p| p.source.clone()).collect();
+    let l: Vec<Vec<u32>> = pairs.iter().map(|p| p.labels.clone()).collect();
+    let plain =
+        elmer::train::Batch::from_ids_in_slot(&s, &l, Some(10), &cfg, &Device::Cpu).unwrap();
+    let before_dec = to_u32_vec2(&plain.decoder_input_ids);
+    let glanced = o.glance(&model, plain.clone(), &mut rng).unwrap();
+    let dec = to_u32_vec2(&glanced.decoder_input_ids);
+    let lab = to_u32_vec2(&glanced.labels);
+    let mut kept = 0;
+    for (i, row) in l.iter().enumerate() {
+        for (j, &y) in row.iter().enumerate() {
+            if lab[i][j] == y {
+                // Still predicted: its input is the plain slot's.
+                assert_eq!(dec[i][j], before_dec[i][j]);
+                kept += 1;
+            } else {
+                // Glanced: the gold token is the input, the label is ignored.
+                assert_eq!(lab[i][j], 1);
+                assert_eq!(dec[i][j], y);
+            }
+        }
+        // Padding past the text is untouched; at least one label of each row is kept.
+        assert!(lab[i].iter().take(row.len()).any(|&x| x != 1));
+        assert_eq!(&dec[i][row.len()..], &before_dec[i][row.len()..]);
+    }
+    assert_eq!(glanced.num_target_tokens, kept);
+    assert!(kept < plain.num_target_tokens, "an untrained model glances");
+    // Training with glancing learns (validation: the plain slot, no glancing).
+    let dir = tempfile::tempdir().unwrap();
+    let (params, o) = objective(FinetuneMode::Last);
+    let o = o
+        .with_generation_slot(Some(10))
+        .unwrap()
+        .with_glancing(0.5)
+        .unwrap();
+    let (a, b) = run_steps(params, &o, dir.path(), 60);
+    assert!(b < a - 0.5, "{a} -> {b}");
+}

@@ -77,6 +77,12 @@ enum Command {
     /// used it (e.g. ELMER's XSUM numbers).
     #[command(verbatim_doc_comment)]
     Score(cmd::score::Args),
+    /// Write a model directory with freshly initialised weights (a size preset, a tokenizer).
+    ///
+    /// To fine-tune from scratch (`finetune --pretrained <out>`) or pre-train from it. At this
+    /// CPU budget, fine-tuning a fresh model beats fine-tuning one whose short LPLM run never
+    /// trained its cross-attention (see scripts/train_squad_model.sh).
+    Init(cmd::init::Args),
     /// LPLM pre-training of an ELMER model (from scratch or from a checkpoint) on a text file.
     ///
     /// Resumes from --out when it holds a checkpoint (unless --no-resume). Checkpoints,
@@ -118,6 +124,7 @@ fn main() -> ExitCode {
         Command::Tokenizer(c) => cmd::tokenizer::run(c),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Score(a) => cmd::score::run(a),
+        Command::Init(a) => cmd::init::run(a),
         Command::Pretrain(a) => cmd::pretrain::run(a),
         Command::Finetune(a) => cmd::finetune::run(a),
         Command::Eval(a) => cmd::eval::run(a),

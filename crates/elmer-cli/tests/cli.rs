@@ -627,8 +627,8 @@ fn score_errors() {
 
 // ------------------------------------------------------------------ --help, defaults, logs
 
-const SUBCOMMANDS: [&str; 8] = [
-    "generate", "tokenize", "inspect", "score", "pretrain", "finetune", "eval", "export",
+const SUBCOMMANDS: [&str; 9] = [
+    "generate", "tokenize", "inspect", "score", "init", "pretrain", "finetune", "eval", "export",
 ];
 
 #[test]
@@ -646,7 +646,14 @@ fn help_of_every_subcommand() {
     for (sub, flags) in [
         (
             "finetune",
-            &["--task", "--pretrained", "--steps", "--sweep", "--out"][..],
+            &[
+                "--task",
+                "--pretrained",
+                "--steps",
+                "--sweep",
+                "--out",
+                "--glance",
+            ][..],
         ),
         (
             "eval",
@@ -657,6 +664,7 @@ fn help_of_every_subcommand() {
             &["--corpus", "--preset", "--init-from", "--k", "--out"][..],
         ),
         ("score", &["--meteor-jar", "--no-meteor"][..]),
+        ("init", &["--preset", "--tokenizer", "--seed", "--out"][..]),
     ] {
         let help = stdout(&ok(elmer(&[sub, "--help"], None)));
         for f in flags {
@@ -1125,7 +1133,39 @@ fn own_vocabulary_pretrain_finetune_hard_records_its_policy() {
         Some(b"water boils .\n"),
     ));
     assert_eq!(stdout(&o).lines().count(), 1);
-    // Hard-exit fine-tuning records a policy (a threshold chosen on validation data, or
+    // `init` writes a fresh model directory with the vocabulary (what the recipe fine-tunes
+    // from), and refuses to write into a non-empty one.
+    let init = tmp.path().join("init");
+    let init_s = init.display().to_string();
+    let init_args = [
+        "init",
+        "--preset",
+        "tiny",
+        "--tokenizer",
+        &tok_s,
+        "--out",
+        &init_s,
+        "--seed",
+        "3",
+    ];
+    let out = stdout(&ok(elmer(&init_args, None)));
+    assert!(
+        out.contains("tiny preset, d 64 2+2 layers, vocabulary 300"),
+        "{out}"
+    );
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(init.join(f).is_file(), "{f}");
+    }
+    let err = fails(elmer(&init_args, None));
+    assert!(err.contains("--out") && err.contains("not empty"), "{err}");
+    let v: Value = serde_json::from_str(&stdout(&ok(elmer(
+        &["inspect", "--model", &init_s, "--json"],
+        None,
+    ))))
+    .unwrap();
+    assert_eq!(v["config"]["vocab_size"], 300, "{v}");
+    assert_eq!(v["config"]["elmer_mask_token_id"], 299, "{v}");
+    // Hard-exit fine-tuning (here from the fresh weights) records a policy (a threshold chosen on validation data, or
     // last when none keeps the score) and the slot; generate then uses them by default.
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
@@ -1139,7 +1179,7 @@ fn own_vocabulary_pretrain_finetune_hard_records_its_policy() {
             "--task",
             "squad",
             "--pretrained",
-            &best,
+            &init_s,
             "--data",
             &d,
             "--out",

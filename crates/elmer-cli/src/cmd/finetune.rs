@@ -80,6 +80,11 @@ pub struct Args {
     /// Label smoothing of the training cross-entropies (0: none).
     #[arg(long, default_value_t = 0.1)]
     pub label_smoothing: f64,
+    /// Glancing training (GLAT): for a row the model gets w tokens wrong on, ceil(ratio * w)
+    /// gold tokens replace <mask> in the decoder input and leave the loss (0: off).
+    /// Generation is unchanged (all <mask>).
+    #[arg(long, default_value_t = 0.0)]
+    pub glance: f64,
     /// Decoder slot in training: generation (the --max-len slot generation uses, the model
     /// places </s> itself) or target (each target's own length, given away by the mask).
     #[arg(long, value_enum, default_value_t = TrainSlot::Generation)]
@@ -260,6 +265,8 @@ pub fn run(a: &Args) -> Result<()> {
     .map_err(|e| e.for_argument("--label-smoothing"))?
     .with_length_buckets(a.bucket_pool)
     .map_err(|e| e.for_argument("--bucket-pool"))?
+    .with_glancing(a.glance)
+    .map_err(|e| e.for_argument("--glance"))?
     .with_generation_slot(match a.train_slot {
         TrainSlot::Generation => Some(max_len),
         TrainSlot::Target => None,

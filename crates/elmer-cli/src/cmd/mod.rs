@@ -4,6 +4,7 @@ pub mod eval;
 pub mod export;
 pub mod finetune;
 pub mod generate;
+pub mod init;
 pub mod inspect;
 pub mod pretrain;
 pub mod score;

@@ -9,7 +9,7 @@ use elmer::train::{
     read_documents, split_documents, tokenize_documents, LplmConfig, LplmObjective,
 };
 use elmer::train::{TrainConfig, Trainer};
-use elmer::{BartTokenizer, ElmerConfig, Error, Result};
+use elmer::{BartTokenizer, Error, Result};
 
 use crate::{io, progress};
 
@@ -94,38 +94,6 @@ pub struct Args {
     pub no_resume: bool,
 }
 
-fn preset(name: &str, tok: &BartTokenizer) -> Result<ElmerConfig> {
-    let (d, layers, heads, ffn, pos) = match name {
-        "tiny" => (64, 2, 4, 256, 256),
-        "small" => (192, 3, 6, 768, 256),
-        "medium" => (256, 4, 4, 1024, 256),
-        "base" => (768, 6, 12, 3072, 1024),
-        other => {
-            return Err(Error::invalid_arg(
-                "--preset",
-                format!("{other:?} is not tiny, small, medium or base"),
-            ))
-        }
-    };
-    Ok(ElmerConfig {
-        d_model: d,
-        encoder_layers: layers,
-        decoder_layers: layers,
-        encoder_attention_heads: heads,
-        decoder_attention_heads: heads,
-        encoder_ffn_dim: ffn,
-        decoder_ffn_dim: ffn,
-        max_position_embeddings: pos,
-        vocab_size: tok.vocab_size(),
-        pad_token_id: tok.pad_id(),
-        bos_token_id: tok.bos_id(),
-        eos_token_id: tok.eos_id(),
-        decoder_start_token_id: tok.eos_id(),
-        elmer_mask_token_id: Some(tok.mask_id()),
-        ..ElmerConfig::default()
-    })
-}
-
 pub fn run(a: &Args) -> Result<()> {
     let corpus: Vec<PathBuf> = match a.corpus.as_slice() {
         [] if Path::new(DEFAULT_CORPUS).is_file() => vec![PathBuf::from(DEFAULT_CORPUS)],
@@ -152,7 +120,7 @@ pub fn run(a: &Args) -> Result<()> {
     let (train, valid) = split_documents(docs, a.valid_docs, a.seed);
     let mut params = match &a.init_from {
         Some(dir) => Params::from_dir(dir, &device)?,
-        None => Params::init(preset(&a.preset, &tok)?, a.seed, true, &device)?,
+        None => Params::init(super::init::preset(&a.preset, &tok)?, a.seed, true, &device)?,
     };
     params.ensure_concat_head(a.seed, 0.02)?;
     let cfg = params.config().clone();
