@@ -18,8 +18,9 @@
 # - Fine-tuning on the questions ("finetune") from the copying model still collapses to one
 #   template ("what is the the the ? ? ?", validation score 11.2-11.6, i.e. ROUGE-L ~28,
 #   BLEU-4 0) within 200-500 steps: soft+hard at lr 7e-4 and 3e-4, and with --glance 0.5.
-#   A PyTorch model of the same objective does the same (post-norm or pre-norm, <mask> or
-#   copied-source decoder inputs, glancing): with sentence-only inputs (no answer) the
+#   A PyTorch model of the same objective (scripts/nar_probe.py) does the same: post-norm or
+#   pre-norm, <mask> or copied-source decoder inputs, glancing, CTC, even the gold target
+#   length given to the decoder: with sentence-only inputs (no answer) the
 #   per-position cross-entropy of a one-pass NAR decoder is minimised by the positional
 #   marginals, whose argmax is the template. See the session note for what to try next.
 #
