@@ -11,9 +11,11 @@ label smoothing 0.1, AdamW (wd 0.01), clip 2.0, linear warm-up/decay. Options: -
 trains the first N steps on source -> source (copy) pairs; --glat R is glancing training;
 --ctc 1 replaces the cross-entropy by CTC (blank = `<pad>`); --oracle-len 1 gives the
 decoder the gold target length (slot positions past it are `<pad>`, masked), in training and
-in evaluation, as an upper bound for a length predictor; --bart-init S draws every matrix
+in evaluation, as an upper bound for a length predictor; --oaxe 1 (needs scipy) trains the
+question steps with the order-agnostic cross-entropy (best one-to-one assignment of label
+tokens to slot positions); --bart-init S draws every matrix
 from N(0, S) as BART does. Every 100 steps it prints the dev loss, the number of distinct
-outputs for 100 dev sources and four generated questions.
+outputs for 100 dev sources and the questions generated for 9 of them.
 
 What it showed on 2026-12-06 (scripts/train_squad_model.sh has the crate's side): on the
 question task every variant (post/pre-norm, <mask>/copied inputs, glancing 0.5, CTC) answers
@@ -22,7 +24,15 @@ oracle length "what was the the the the the the the the of in ?", dev loss 5.70 
 after 300-600 steps, while on the copy task the same model leaves the unigram plateau within 200
 steps (dev loss 2.3 with PyTorch's default init, 4.5 with BART's N(0, 0.02)).
 
+The one variant that left the template: --oracle-len 1 --oaxe 1 --curriculum 200 (OAXE with
+the gold length, </s> kept in place). By step 400-500 it copies source content, in a loose
+order as the loss allows: "what ? was limited by denver 's defense of to sacked him",
+"what ? bowl was halftime show was headlined by the theon group", "what ? was played on queen
+7 in 2016 of the" (distinct outputs for 71 of 100 dev sources). An order-tolerant loss (OAXE,
+or the monotonic AXE of Ghazvininejad et al. 2020) with a length predictor is the lead.
+
     python3 scripts/nar_probe.py --tokenizer runs/tok8k/tokenizer.json --curriculum 250 --glat 0.5
+    python3 scripts/nar_probe.py --tokenizer runs/tok8k/tokenizer.json --curriculum 200 --oracle-len 1 --oaxe 1
 """
 import os
 import argparse, math, random, time, sys
@@ -45,6 +55,7 @@ ap.add_argument("--dropout", type=float, default=0.1)
 ap.add_argument("--bart-init", type=float, default=0)
 ap.add_argument("--glat", type=float, default=0)
 ap.add_argument("--oracle-len", type=int, default=0)
+ap.add_argument("--oaxe", type=int, default=0)
 ap.add_argument("--ctc", type=int, default=0)
 ap.add_argument("--curriculum", type=int, default=0)
 ap.add_argument("--save", default="")
@@ -131,7 +142,7 @@ def evaluate():
                 tot += F.cross_entropy(lg.reshape(-1, V), lab.reshape(-1), ignore_index=PAD, reduction="sum").item(); n += lab.ne(PAD).sum().item()
             if i == 0:
                 am = lg.argmax(-1)
-                for r in range(4):
+                for r in range(0, 100, 12):
                     ids = am[r].tolist()
                     if a.ctc:
                         ids = [x for k, x in enumerate(ids) if (k == 0 or x != ids[k - 1])]
@@ -157,7 +168,22 @@ for st in range(a.steps):
                 dec[i, ch] = lab[i, ch]
                 lab[i, ch] = PAD
     lg = m(src, dec)
-    if a.ctc:
+    if a.oaxe and st >= a.curriculum:
+        # Order-agnostic cross-entropy (Du et al. 2021): per row, the best one-to-one
+        # assignment of the n-1 label tokens before </s> to the first n-1 slot positions
+        # (Hungarian); </s> keeps its position (plain cross-entropy).
+        from scipy.optimize import linear_sum_assignment
+        lp = F.log_softmax(lg, -1)
+        tot_l = 0; ntok = 0
+        for i in range(lab.shape[0]):
+            n = int(lab[i].ne(PAD).sum())
+            y = lab[i, :n - 1]
+            C = -lp[i, :n - 1][:, y]  # [positions, target tokens]
+            r, c = linear_sum_assignment(C.detach().numpy())
+            eos = lp[i, n - 1, lab[i, n - 1]]
+            tot_l = tot_l + C[torch.as_tensor(r), torch.as_tensor(c)].sum() - eos; ntok += n
+        loss = tot_l / ntok
+    elif a.ctc:
         lp = F.log_softmax(lg, -1).transpose(0, 1)
         tl = lab.ne(PAD).sum(1)
         tg = torch.cat([lab[i, : tl[i]] for i in range(lab.shape[0])])

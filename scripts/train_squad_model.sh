@@ -22,7 +22,10 @@
 #   pre-norm, <mask> or copied-source decoder inputs, glancing, CTC, even the gold target
 #   length given to the decoder: with sentence-only inputs (no answer) the
 #   per-position cross-entropy of a one-pass NAR decoder is minimised by the positional
-#   marginals, whose argmax is the template. See the session note for what to try next.
+#   marginals, whose argmax is the template. The probe's one variant that left it: the
+#   order-agnostic cross-entropy (OAXE) with the gold length, which copies source content
+#   into its questions in a loose order. Next: an order-tolerant loss (OAXE or monotonic
+#   AXE) and a length predictor in the crate.
 #
 #   RUNS=runs scripts/train_squad_model.sh        # all steps
 #   STEPS="finetune export eval" scripts/train_squad_model.sh
