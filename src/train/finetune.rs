@@ -256,8 +256,9 @@ impl FinetuneObjective {
     /// instead of `<mask>`, and those positions leave the loss. The model so learns to fill
     /// the rest of a question around a few known words, which counters the NAR decoder's
     /// pull towards one template answer; generation still starts from `<mask>` only.
-    /// `0` (the default): off. The paper's soft exit mixes gold tokens in a similar way,
-    /// but only through the `concat_head` from layer 2 up.
+    /// The prediction costs one extra forward pass (encoder and decoder, without dropout)
+    /// per micro-batch. `0` (the default): off. The paper's soft exit mixes gold tokens in a
+    /// similar way, but only through the `concat_head` from layer 2 up.
     pub fn with_glancing(mut self, ratio: f64) -> Result<Self> {
         if !(0.0..=1.0).contains(&ratio) {
             return Err(Error::invalid_arg(

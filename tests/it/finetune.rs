@@ -178,17 +178,19 @@ fn generation_slot_and_label_smoothing_options() {
     assert!(((l2 - l1) - (l1 - l0)).abs() < 1e-4, "{l0} {l1} {l2}");
 }
 
-#[test]
-fn generation_slot_training_learns_where_the_text_ends() {
+/// Last-layer training in a 10-token generation slot with the options `configure` adds
+/// learns: the validation loss drops by more than 0.5 in 60 steps.
+fn learns_in_slot(configure: impl FnOnce(FinetuneObjective) -> FinetuneObjective) {
     let dir = tempfile::tempdir().unwrap();
     let (params, obj) = objective(FinetuneMode::Last);
-    let obj = obj
-        .with_generation_slot(Some(10))
-        .unwrap()
-        .with_label_smoothing(0.1)
-        .unwrap();
+    let obj = configure(obj.with_generation_slot(Some(10)).unwrap());
     let (a, b) = run_steps(params, &obj, dir.path(), 60);
     assert!(b < a - 0.5, "{a} -> {b}");
+}
+
+#[test]
+fn generation_slot_training_learns_where_the_text_ends() {
+    learns_in_slot(|o| o.with_label_smoothing(0.1).unwrap());
 }
 
 #[test]
@@ -296,13 +298,5 @@ fn glancing_feeds_gold_tokens_and_drops_them_from_the_loss() {
     assert_eq!(glanced.num_target_tokens, kept);
     assert!(kept < plain.num_target_tokens, "an untrained model glances");
     // Training with glancing learns (validation: the plain slot, no glancing).
-    let dir = tempfile::tempdir().unwrap();
-    let (params, o) = objective(FinetuneMode::Last);
-    let o = o
-        .with_generation_slot(Some(10))
-        .unwrap()
-        .with_glancing(0.5)
-        .unwrap();
-    let (a, b) = run_steps(params, &o, dir.path(), 60);
-    assert!(b < a - 0.5, "{a} -> {b}");
+    learns_in_slot(|o| o.with_glancing(0.5).unwrap());
 }

@@ -1165,8 +1165,9 @@ fn own_vocabulary_pretrain_finetune_hard_records_its_policy() {
     .unwrap();
     assert_eq!(v["config"]["vocab_size"], 300, "{v}");
     assert_eq!(v["config"]["elmer_mask_token_id"], 299, "{v}");
-    // Hard-exit fine-tuning (here from the fresh weights) records a policy (a threshold chosen on validation data, or
-    // last when none keeps the score) and the slot; generate then uses them by default.
+    // Hard-exit fine-tuning (here from the fresh weights) records a policy (a threshold
+    // chosen on validation data, or last when none keeps the score) and the slot; generate
+    // then uses them by default.
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
     task_data(&data);
