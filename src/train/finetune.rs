@@ -134,6 +134,7 @@ pub struct FinetuneObjective {
     label_smoothing: f64,
     pool_factor: usize,
     glance_ratio: f64,
+    order_agnostic: bool,
 }
 
 impl FinetuneObjective {
@@ -172,6 +173,7 @@ impl FinetuneObjective {
             label_smoothing: 0.0,
             pool_factor: 1,
             glance_ratio: 0.0,
+            order_agnostic: false,
         };
         obj.valid = obj.batch_valid()?;
         Ok(obj)
@@ -310,6 +312,78 @@ impl FinetuneObjective {
         })
     }
 
+    /// Order-agnostic cross-entropy (OAXE, Du et al. 2021; see
+    /// [`super::order_agnostic`]): before each training step, each row's content labels
+    /// (all but `</s>` and `<pad>`) are reordered to the one-to-one assignment of label
+    /// tokens to slot positions that the model's last layer finds most likely (eval mode, no
+    /// gradient); every off-ramp's cross-entropy then uses the reordered labels. A right
+    /// word at a shifted position is no longer penalised, which keeps the NAR decoder from
+    /// averaging over word orders into one template answer. Costs one extra forward pass
+    /// per micro-batch (with glancing on, a second one: the reordering sees the glanced
+    /// inputs). Validation losses stay the plain, ordered ones. Default: off.
+    pub fn with_order_agnostic(mut self, on: bool) -> Self {
+        self.order_agnostic = on;
+        self
+    }
+
+    /// Applies the order-agnostic reordering to `batch` (see
+    /// [`Self::with_order_agnostic`]): returns the batch with each row's content labels
+    /// permuted among their own positions; inputs, `</s>` and `<pad>` labels are unchanged.
+    pub fn align_labels(&self, model: &ElmerModel, batch: Batch) -> Result<Batch> {
+        let pad = self.model_cfg.pad_token_id;
+        let eos = self.model_cfg.eos_token_id;
+        let enc =
+            model.encode_with_mode(&batch.input_ids, Some(&batch.attention_mask), Mode::Eval)?;
+        let mut opts = DecodeOptions::new(ExitPolicy::LastLayer);
+        opts.output_logits = true;
+        let out = model.decode_with_mode(
+            &enc,
+            &batch.decoder_input_ids,
+            Some(&batch.decoder_attention_mask),
+            &opts,
+            Mode::Eval,
+        )?;
+        let logits = out
+            .logits
+            .ok_or_else(|| Error::invalid_arg("logits", "the decoder returned no logits"))?
+            .to_dtype(DType::F32)?;
+        // log p = logits - logsumexp over the vocabulary.
+        let max = logits.max_keepdim(2)?;
+        let lse = logits
+            .broadcast_sub(&max)?
+            .exp()?
+            .sum_keepdim(2)?
+            .log()?
+            .add(&max)?;
+        let logp = logits.broadcast_sub(&lse)?;
+        let labels: Vec<Vec<u32>> = batch.labels.to_vec2()?;
+        let dev = logp.device().clone();
+        let mut aligned = Vec::with_capacity(labels.len());
+        for (i, row) in labels.iter().enumerate() {
+            let positions: Vec<usize> = (0..row.len())
+                .filter(|&j| row[j] != pad && row[j] != eos)
+                .collect();
+            if positions.len() < 2 {
+                aligned.push(row.clone());
+                continue;
+            }
+            let pos_ids: Vec<u32> = positions.iter().map(|&j| j as u32).collect();
+            let tok_ids: Vec<u32> = positions.iter().map(|&j| row[j]).collect();
+            let m = positions.len();
+            let sub = logp
+                .get(i)?
+                .index_select(&Tensor::from_vec(pos_ids, m, &dev)?, 0)?
+                .index_select(&Tensor::from_vec(tok_ids, m, &dev)?, 1)?;
+            let sub: Vec<f32> = sub.flatten_all()?.to_vec1()?;
+            aligned.push(super::order_agnostic::align_row(row, &positions, &sub)?);
+        }
+        let (b, t) = batch.labels.dims2()?;
+        Ok(Batch {
+            labels: Tensor::from_vec(aligned.concat(), (b, t), &self.device)?,
+            ..batch
+        })
+    }
+
     /// The training pairs of one micro-batch, drawn from `rng` (what
     /// [`Objective::train_loss`] trains on).
     pub fn sample_batch(&self, rng: &mut StdRng) -> Vec<Pair> {
@@ -376,6 +450,9 @@ impl Objective for FinetuneObjective {
         let tokens = batch.num_source_tokens + batch.num_target_tokens;
         if self.glance_ratio > 0.0 {
             batch = self.glance(model, batch, rng)?;
+        }
+        if self.order_agnostic {
+            batch = self.align_labels(model, batch)?;
         }
         batch.label_smoothing = self.label_smoothing;
         let loss = self.loss(model, &batch, Some(rng), mode, (step + micro) % 2 == 1)?;

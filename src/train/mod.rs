@@ -6,13 +6,15 @@
 //! - `optim`: AdamW with linear warm-up/decay and global-norm clipping;
 //! - `trainer`: the training loop (accumulation, validation, atomic checkpoints, resume);
 //! - `lplm`: the pre-training corpus and objective;
-//! - `finetune`: soft / hard / last-layer fine-tuning on (source, target) pairs.
+//! - `finetune`: soft / hard / last-layer fine-tuning on (source, target) pairs;
+//! - `order_agnostic`: order-agnostic cross-entropy (OAXE) label alignment (Hungarian).
 
 mod corruption;
 mod finetune;
 pub mod loss;
 mod lplm;
 mod optim;
+mod order_agnostic;
 mod params;
 mod trainer;
 

@@ -300,3 +300,66 @@ fn glancing_feeds_gold_tokens_and_drops_them_from_the_loss() {
     // Training with glancing learns (validation: the plain slot, no glancing).
     learns_in_slot(|o| o.with_glancing(0.5).unwrap());
 }
+
+#[test]
+fn order_agnostic_alignment_is_the_most_likely_order_of_the_same_words() {
+    use elmer::train::loss::last_layer_loss;
+    use elmer::train::Batch;
+    let (params, o) = objective(FinetuneMode::Last);
+    let model = params.model().unwrap();
+    let o = o
+        .with_generation_slot(Some(10))
+        .unwrap()
+        .with_order_agnostic(true);
+    let cfg = params.config().clone();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let pairs = o.sample_batch(&mut rng);
+    let s: Vec<Vec<u32>> = pairs.iter().map(|p| p.source.clone()).collect();
+    let l: Vec<Vec<u32>> = pairs.iter().map(|p| p.labels.clone()).collect();
+    let plain = Batch::from_ids_in_slot(&s, &l, Some(10), &cfg, &Device::Cpu).unwrap();
+    let aligned = o.align_labels(&model, plain.clone()).unwrap();
+    let lab = to_u32_vec2(&aligned.labels);
+    let mut moved = 0;
+    for (i, row) in l.iter().enumerate() {
+        let n = row.len();
+        // The same words, `</s>` in place, padding untouched.
+        let (mut a, mut b) = (lab[i][..n - 1].to_vec(), row[..n - 1].to_vec());
+        moved += (a != b) as usize;
+        a.sort_unstable();
+        b.sort_unstable();
+        assert_eq!(a, b, "row {i}");
+        assert_eq!(lab[i][n - 1], 2);
+        assert!(lab[i][n..].iter().all(|&x| x == 1));
+    }
+    assert!(moved > 0, "an untrained model prefers some other order");
+    assert_eq!(
+        aligned.decoder_input_ids.to_vec2::<u32>().unwrap(),
+        to_u32_vec2(&plain.decoder_input_ids)
+    );
+    // The chosen order is the most likely one: its NLL is at most the gold order's and a
+    // shuffled order's.
+    let nll = |b: &Batch| {
+        last_layer_loss(&model, b, elmer::Mode::Eval)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let shuffled: Vec<Vec<u32>> = l
+        .iter()
+        .map(|row| {
+            let mut r = row.clone();
+            let n = r.len();
+            r[..n - 1].rotate_left(1);
+            r
+        })
+        .collect();
+    let shuffled = Batch::from_ids_in_slot(&s, &shuffled, Some(10), &cfg, &Device::Cpu).unwrap();
+    let (a, g, r) = (nll(&aligned), nll(&plain), nll(&shuffled));
+    assert!(
+        a <= g + 1e-5 && a <= r + 1e-5,
+        "aligned {a}, gold {g}, rotated {r}"
+    );
+    assert!(a < g, "aligned {a} vs gold {g}");
+    // Training with it learns the (ordered) task.
+    learns_in_slot(|o| o.with_order_agnostic(true));
+}
