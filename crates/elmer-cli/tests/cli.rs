@@ -653,6 +653,7 @@ fn help_of_every_subcommand() {
                 "--sweep",
                 "--out",
                 "--glance",
+                "--oaxe",
             ][..],
         ),
         (
