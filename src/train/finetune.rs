@@ -134,7 +134,7 @@ pub struct FinetuneObjective {
     label_smoothing: f64,
     pool_factor: usize,
     glance_ratio: f64,
-    order_agnostic: bool,
+    order_agnostic: f64,
 }
 
 impl FinetuneObjective {
@@ -173,7 +173,7 @@ impl FinetuneObjective {
             label_smoothing: 0.0,
             pool_factor: 1,
             glance_ratio: 0.0,
-            order_agnostic: false,
+            order_agnostic: 0.0,
         };
         obj.valid = obj.batch_valid()?;
         Ok(obj)
@@ -313,17 +313,27 @@ impl FinetuneObjective {
     }
 
     /// Order-agnostic cross-entropy (OAXE, Du et al. 2021; see
-    /// [`super::order_agnostic`]): before each training step, each row's content labels
-    /// (all but `</s>` and `<pad>`) are reordered to the one-to-one assignment of label
-    /// tokens to slot positions that the model's last layer finds most likely (eval mode, no
-    /// gradient); every off-ramp's cross-entropy then uses the reordered labels. A right
-    /// word at a shifted position is no longer penalised, which keeps the NAR decoder from
-    /// averaging over word orders into one template answer. Costs one extra forward pass
-    /// per micro-batch (with glancing on, a second one: the reordering sees the glanced
-    /// inputs). Validation losses stay the plain, ordered ones. Default: off.
-    pub fn with_order_agnostic(mut self, on: bool) -> Self {
-        self.order_agnostic = on;
-        self
+    /// [`super::order_agnostic`]): before each training step, in a share `share` of the
+    /// rows (drawn per row), the content labels (all but `</s>` and `<pad>`) are reordered
+    /// to the one-to-one assignment of label tokens to slot positions that the model's last
+    /// layer finds most likely (eval mode, no gradient); every off-ramp's cross-entropy then
+    /// uses the reordered labels. The other rows keep the gold order, so the loss is in
+    /// expectation `share x OAXE + (1 - share) x XE`: the ordered part still teaches the
+    /// positions that are predictable (the question word first, `?` last). A right word at
+    /// a shifted position is not penalised in the reordered rows, which keeps the NAR
+    /// decoder from averaging over word orders into one template answer. Costs one extra
+    /// forward pass per micro-batch (with glancing on, a second one: the reordering sees the
+    /// glanced inputs). Validation losses stay the plain, ordered ones. `0` (the default):
+    /// off; `1`: every row reordered.
+    pub fn with_order_agnostic(mut self, share: f64) -> Result<Self> {
+        if !(0.0..=1.0).contains(&share) {
+            return Err(Error::invalid_arg(
+                "order_agnostic",
+                format!("{share} is not in [0, 1]"),
+            ));
+        }
+        self.order_agnostic = share;
+        Ok(self)
     }
 
     /// Applies the order-agnostic reordering to `batch` (see
@@ -451,8 +461,22 @@ impl Objective for FinetuneObjective {
         if self.glance_ratio > 0.0 {
             batch = self.glance(model, batch, rng)?;
         }
-        if self.order_agnostic {
-            batch = self.align_labels(model, batch)?;
+        if self.order_agnostic > 0.0 {
+            let aligned = self.align_labels(model, batch.clone())?;
+            batch.labels = if self.order_agnostic >= 1.0 {
+                aligned.labels
+            } else {
+                // Per row: the reordered labels with probability `share`, else the gold order.
+                let (b, t) = batch.labels.dims2()?;
+                let take: Vec<u8> = (0..b)
+                    .flat_map(|_| {
+                        let r = (rng.random::<f64>() < self.order_agnostic) as u8;
+                        std::iter::repeat_n(r, t)
+                    })
+                    .collect();
+                Tensor::from_vec(take, (b, t), &self.device)?
+                    .where_cond(&aligned.labels, &batch.labels)?
+            };
         }
         batch.label_smoothing = self.label_smoothing;
         let loss = self.loss(model, &batch, Some(rng), mode, (step + micro) % 2 == 1)?;

@@ -310,7 +310,8 @@ fn order_agnostic_alignment_is_the_most_likely_order_of_the_same_words() {
     let o = o
         .with_generation_slot(Some(10))
         .unwrap()
-        .with_order_agnostic(true);
+        .with_order_agnostic(1.0)
+        .unwrap();
     let cfg = params.config().clone();
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let pairs = o.sample_batch(&mut rng);
@@ -360,6 +361,11 @@ fn order_agnostic_alignment_is_the_most_likely_order_of_the_same_words() {
         "aligned {a}, gold {g}, rotated {r}"
     );
     assert!(a < g, "aligned {a} vs gold {g}");
-    // Training with it learns the (ordered) task.
-    learns_in_slot(|o| o.with_order_agnostic(true));
+    for bad in [-0.1, 1.5, f64::NAN] {
+        let (_, o) = objective(FinetuneMode::Last);
+        assert!(o.with_order_agnostic(bad).is_err(), "{bad}");
+    }
+    // Training with it learns the (ordered) task, fully or mixed with ordered rows.
+    learns_in_slot(|o| o.with_order_agnostic(1.0).unwrap());
+    learns_in_slot(|o| o.with_order_agnostic(0.5).unwrap());
 }

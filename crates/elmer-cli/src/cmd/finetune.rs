@@ -85,12 +85,14 @@ pub struct Args {
     /// Generation is unchanged (all <mask>).
     #[arg(long, default_value_t = 0.0)]
     pub glance: f64,
-    /// Order-agnostic cross-entropy (OAXE): each target's words are matched to the slot
-    /// positions the model finds most likely before the loss, so a right word at a shifted
-    /// position is not penalised (</s> keeps its place). Counters the one-template answer
-    /// of position-wise cross-entropy; costs one extra forward pass per micro-batch.
-    #[arg(long)]
-    pub oaxe: bool,
+    /// Order-agnostic cross-entropy (OAXE) in this share of the training rows: a row's
+    /// target words are matched to the slot positions the model finds most likely before
+    /// the loss, so a right word at a shifted position is not penalised (</s> keeps its
+    /// place); the other rows keep the gold order. Counters the one-template answer of
+    /// position-wise cross-entropy; costs one extra forward pass per micro-batch (0: off,
+    /// 1: every row).
+    #[arg(long, default_value_t = 0.0)]
+    pub oaxe: f64,
     /// Decoder slot in training: generation (the --max-len slot generation uses, the model
     /// places </s> itself) or target (each target's own length, given away by the mask).
     #[arg(long, value_enum, default_value_t = TrainSlot::Generation)]
@@ -274,6 +276,7 @@ pub fn run(a: &Args) -> Result<()> {
     .with_glancing(a.glance)
     .map_err(|e| e.for_argument("--glance"))?
     .with_order_agnostic(a.oaxe)
+    .map_err(|e| e.for_argument("--oaxe"))?
     .with_generation_slot(match a.train_slot {
         TrainSlot::Generation => Some(max_len),
         TrainSlot::Target => None,
