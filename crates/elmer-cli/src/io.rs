@@ -119,7 +119,9 @@ pub enum NoTokenizer {
 }
 
 /// The tokenizer directory for `model_dir`: `explicit` when given, else `model_dir` when it
-/// holds tokenizer files, else as `missing` says.
+/// holds tokenizer files, else its parent when that does (the run directory: `pretrain` and
+/// `finetune` keep their tokenizer there, so every `checkpoint-N/` of a run finds it), else
+/// as `missing` says.
 pub fn tokenizer_dir(
     model_dir: &Path,
     explicit: Option<&Path>,
@@ -130,6 +132,14 @@ pub fn tokenizer_dir(
     }
     if has_tokenizer(model_dir) {
         return Ok(model_dir.to_path_buf());
+    }
+    if let Some(run_dir) = model_dir.parent().filter(|p| has_tokenizer(p)) {
+        tracing::debug!(
+            "{} has no tokenizer files; using its run directory's ({})",
+            model_dir.display(),
+            run_dir.display()
+        );
+        return Ok(run_dir.to_path_buf());
     }
     match missing {
         NoTokenizer::Bart => {
@@ -157,8 +167,9 @@ pub fn find_tokenizer(
     BartTokenizer::from_dir(tokenizer_dir(model_dir, explicit, missing)?)
 }
 
-/// Copies the tokenizer files of `from` that exist into `to`.
+/// Copies the tokenizer files of `from` that exist into `to` (created if missing).
 pub fn copy_tokenizer(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
     for f in ["tokenizer.json", "vocab.json", "merges.txt"] {
         let src = from.join(f);
         if src.is_file() {

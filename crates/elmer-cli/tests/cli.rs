@@ -1221,6 +1221,16 @@ fn own_vocabulary_pretrain_finetune_hard_records_its_policy() {
     );
     let vs = json_lines(&o);
     assert!(u32s(&vs[0]["ids"]).len() <= 12);
+    // A checkpoint of the run (no tokenizer files of its own) finds the run directory's
+    // tokenizer, so it generates and evaluates with the model's 300-id vocabulary.
+    let ckpt = run.join("checkpoint-0000002");
+    assert!(!ckpt.join("tokenizer.json").exists());
+    let ckpt_s = ckpt.display().to_string();
+    let o = ok(elmer(
+        &["generate", "--model", &ckpt_s, "--json"],
+        Some(b"water boils .\n"),
+    ));
+    assert!(u32s(&json_lines(&o)[0]["ids"]).iter().all(|&id| id < 300));
 }
 
 #[test]

@@ -304,6 +304,8 @@ pub fn run(a: &Args) -> Result<()> {
         out_dir: out.clone(),
         ..TrainConfig::default()
     };
+    // In the run directory, so that every checkpoint-N/ of the run finds its tokenizer.
+    io::copy_tokenizer(&tok_dir, &out)?;
     let mut trainer = Trainer::new(params, tc)?;
     if !a.no_resume {
         let r = trainer.resume()?;

@@ -171,6 +171,8 @@ pub fn run(a: &Args) -> Result<()> {
         out_dir: a.out.clone(),
         ..TrainConfig::default()
     };
+    // In the run directory, so that every checkpoint-N/ of the run finds its tokenizer.
+    io::copy_tokenizer(&a.tokenizer, &a.out)?;
     let mut trainer = Trainer::new(params, tc)?;
     let resumed = if a.no_resume { 0 } else { trainer.resume()? };
     if resumed > 0 {
