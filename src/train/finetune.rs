@@ -135,6 +135,7 @@ pub struct FinetuneObjective {
     pool_factor: usize,
     glance_ratio: f64,
     order_agnostic: f64,
+    keep_ends: bool,
 }
 
 impl FinetuneObjective {
@@ -174,6 +175,7 @@ impl FinetuneObjective {
             pool_factor: 1,
             glance_ratio: 0.0,
             order_agnostic: 0.0,
+            keep_ends: false,
         };
         obj.valid = obj.batch_valid()?;
         Ok(obj)
@@ -336,6 +338,16 @@ impl FinetuneObjective {
         Ok(self)
     }
 
+    /// With order-agnostic training on, also keeps each row's first and last content labels
+    /// in place (for questions: the question word and the `?`), so only the words between
+    /// them are matched to positions. Where a task's outputs have fixed ends, this keeps
+    /// their positions learnt by the plain cross-entropy. Default: off (every content label
+    /// may move).
+    pub fn with_order_agnostic_fixed_ends(mut self, on: bool) -> Self {
+        self.keep_ends = on;
+        self
+    }
+
     /// Applies the order-agnostic reordering to `batch` (see
     /// [`Self::with_order_agnostic`]): returns the batch with each row's content labels
     /// permuted among their own positions; inputs, `</s>` and `<pad>` labels are unchanged.
@@ -370,9 +382,13 @@ impl FinetuneObjective {
         let dev = logp.device().clone();
         let mut aligned = Vec::with_capacity(labels.len());
         for (i, row) in labels.iter().enumerate() {
-            let positions: Vec<usize> = (0..row.len())
+            let mut positions: Vec<usize> = (0..row.len())
                 .filter(|&j| row[j] != pad && row[j] != eos)
                 .collect();
+            if self.keep_ends && positions.len() >= 2 {
+                positions.pop();
+                positions.remove(0);
+            }
             if positions.len() < 2 {
                 aligned.push(row.clone());
                 continue;

@@ -365,6 +365,17 @@ fn order_agnostic_alignment_is_the_most_likely_order_of_the_same_words() {
         let (_, o) = objective(FinetuneMode::Last);
         assert!(o.with_order_agnostic(bad).is_err(), "{bad}");
     }
+    // With fixed ends, the first and last words stay too; the middle still moves.
+    let o = o.with_order_agnostic_fixed_ends(true);
+    let lab = to_u32_vec2(&o.align_labels(&model, plain.clone()).unwrap().labels);
+    let mut moved = 0;
+    for (i, row) in l.iter().enumerate() {
+        let n = row.len();
+        assert_eq!(lab[i][0], row[0], "row {i}");
+        assert_eq!(lab[i][n - 2], row[n - 2], "row {i}");
+        moved += (lab[i][..n] != row[..]) as usize;
+    }
+    assert!(moved > 0);
     // Training with it learns the (ordered) task, fully or mixed with ordered rows.
     learns_in_slot(|o| o.with_order_agnostic(1.0).unwrap());
     learns_in_slot(|o| o.with_order_agnostic(0.5).unwrap());

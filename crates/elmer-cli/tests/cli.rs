@@ -654,6 +654,7 @@ fn help_of_every_subcommand() {
                 "--out",
                 "--glance",
                 "--oaxe",
+                "--oaxe-fixed-ends",
             ][..],
         ),
         (

@@ -93,6 +93,10 @@ pub struct Args {
     /// 1: every row).
     #[arg(long, default_value_t = 0.0)]
     pub oaxe: f64,
+    /// With --oaxe: keep each target's first and last words in place (the question word
+    /// and the `?`), matching only the words between them to positions.
+    #[arg(long)]
+    pub oaxe_fixed_ends: bool,
     /// Decoder slot in training: generation (the --max-len slot generation uses, the model
     /// places </s> itself) or target (each target's own length, given away by the mask).
     #[arg(long, value_enum, default_value_t = TrainSlot::Generation)]
@@ -277,6 +281,7 @@ pub fn run(a: &Args) -> Result<()> {
     .map_err(|e| e.for_argument("--glance"))?
     .with_order_agnostic(a.oaxe)
     .map_err(|e| e.for_argument("--oaxe"))?
+    .with_order_agnostic_fixed_ends(a.oaxe_fixed_ends)
     .with_generation_slot(match a.train_slot {
         TrainSlot::Generation => Some(max_len),
         TrainSlot::Target => None,
