@@ -846,8 +846,8 @@ fn finetune_then_eval_and_export() {
         "{out}"
     );
     let svg = std::fs::read_to_string(&plot).unwrap();
-    // 7 policies x 2 layers.
-    assert_eq!(svg.matches("<title>").count(), 14, "{svg}");
+    // 10 policies x 2 layers.
+    assert_eq!(svg.matches("<title>").count(), 20, "{svg}");
     assert!(
         out.starts_with("squad-qg: 3 test examples, model "),
         "{out}"
@@ -860,8 +860,11 @@ fn finetune_then_eval_and_export() {
             "hard:0",
             "hard:0.25",
             "hard:0.5",
-            "hard:0.75",
             "hard:1",
+            "hard:2",
+            "hard:3",
+            "hard:4",
+            "hard:5",
             "paper ELMER-Soft (base size, V100 GPU)"
         ]
     );

@@ -71,7 +71,7 @@ pub struct EvalOpts {
     #[arg(long, default_value_t = 30)]
     pub latency_samples: usize,
     /// Also evaluate last layer, soft (when the model has a concat_head) and hard exit at
-    /// thresholds 0.0/0.25/0.5/0.75/1.0.
+    /// entropy thresholds 0/0.25/0.5/1/2/3/4/5 nats (those below ln(vocabulary size)).
     #[arg(long)]
     pub sweep: bool,
     /// Write the fraction of tokens exiting at each layer, per policy, as an SVG bar chart
@@ -180,7 +180,11 @@ pub fn evaluate(
         if !matches!(policies[0].1, ExitPolicy::Soft) && model.has_concat_head() {
             policies.push(("soft".into(), ExitPolicy::Soft));
         }
-        for t in [0.0, 0.25, 0.5, 0.75, 1.0] {
+        let max_entropy = (model.config().vocab_size as f64).ln();
+        for t in [0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0] {
+            if t >= max_entropy {
+                break;
+            }
             policies.push((format!("hard:{t}"), ExitPolicy::Hard { threshold: t }));
         }
     }

@@ -106,7 +106,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = SelectBy::Score)]
     pub select_by: SelectBy,
     /// Hard exit: the entropy threshold recorded in best/config.json is the largest of
-    /// 0.1..2.0 whose validation score stays within this fraction of the last layer's.
+    /// 0.1..7.0 nats (below ln(vocabulary size)) whose validation score stays within this
+    /// fraction of the last layer's.
     #[arg(long, default_value_t = 0.05)]
     pub hard_max_loss: f64,
     /// Stop after this many steps of the --steps schedule (a run in sittings: the
@@ -178,7 +179,12 @@ impl Validation {
         let (last, _) = self.score(model, &ExitPolicy::LastLayer)?;
         tracing::info!("threshold choice on validation: last layer score {last:.3}");
         let mut chosen = None;
-        for t in [0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0] {
+        // Entropies in nats: up to ln(V), where a uniform off-ramp sits.
+        let max_entropy = (model.config().vocab_size as f64).ln();
+        let grid = [
+            0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 7.0,
+        ];
+        for t in grid.into_iter().take_while(|&t| t < max_entropy) {
             let (s, fractions) = self.score(model, &ExitPolicy::Hard { threshold: t })?;
             let early = 1.0 - fractions.last().copied().unwrap_or(1.0);
             tracing::info!(
