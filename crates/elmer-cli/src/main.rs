@@ -5,6 +5,7 @@
 //! from the argument parser (exit code 2). Logs and warnings go to stderr through `tracing`
 //! (`RUST_LOG` honoured); progress bars are drawn on stderr only when it is a terminal.
 
+mod alloc;
 mod cmd;
 mod exit_plot;
 mod io;
@@ -116,6 +117,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    alloc::keep_freed_memory();
     let cli = Cli::parse();
     logging::init(cli.verbose);
     let res = match &cli.command {
