@@ -264,13 +264,7 @@ impl FinetuneObjective {
     /// per micro-batch. `0` (the default): off. The paper's soft exit mixes gold tokens in a
     /// similar way, but only through the `concat_head` from layer 2 up.
     pub fn with_glancing(mut self, ratio: f64) -> Result<Self> {
-        if !(0.0..=1.0).contains(&ratio) {
-            return Err(Error::invalid_arg(
-                "glance_ratio",
-                format!("{ratio} is not in [0, 1]"),
-            ));
-        }
-        self.glance_ratio = ratio;
+        self.glance_ratio = fraction("glance_ratio", ratio)?;
         Ok(self)
     }
 
@@ -279,15 +273,7 @@ impl FinetuneObjective {
     /// decoder inputs at the glanced positions and `<pad>` labels there.
     pub fn glance(&self, model: &ElmerModel, batch: Batch, rng: &mut StdRng) -> Result<Batch> {
         let pad = self.model_cfg.pad_token_id;
-        let enc =
-            model.encode_with_mode(&batch.input_ids, Some(&batch.attention_mask), Mode::Eval)?;
-        let out = model.decode_with_mode(
-            &enc,
-            &batch.decoder_input_ids,
-            Some(&batch.decoder_attention_mask),
-            &DecodeOptions::new(ExitPolicy::LastLayer),
-            Mode::Eval,
-        )?;
+        let out = eval_pass(model, &batch, DecodeOptions::new(ExitPolicy::LastLayer))?;
         let pred: Vec<Vec<u32>> = out.ids.to_vec2()?;
         let labels: Vec<Vec<u32>> = batch.labels.to_vec2()?;
         let mut dec: Vec<Vec<u32>> = batch.decoder_input_ids.to_vec2()?;
@@ -328,13 +314,7 @@ impl FinetuneObjective {
     /// glanced inputs). Validation losses stay the plain, ordered ones. `0` (the default):
     /// off; `1`: every row reordered.
     pub fn with_order_agnostic(mut self, share: f64) -> Result<Self> {
-        if !(0.0..=1.0).contains(&share) {
-            return Err(Error::invalid_arg(
-                "order_agnostic",
-                format!("{share} is not in [0, 1]"),
-            ));
-        }
-        self.order_agnostic = share;
+        self.order_agnostic = fraction("order_agnostic", share)?;
         Ok(self)
     }
 
@@ -354,32 +334,22 @@ impl FinetuneObjective {
     pub fn align_labels(&self, model: &ElmerModel, batch: Batch) -> Result<Batch> {
         let pad = self.model_cfg.pad_token_id;
         let eos = self.model_cfg.eos_token_id;
-        let enc =
-            model.encode_with_mode(&batch.input_ids, Some(&batch.attention_mask), Mode::Eval)?;
+        // The last layer's states, projected below onto each row's own label tokens only:
+        // the matching needs logit[position, label token], not the whole vocabulary (the
+        // log-normaliser of a position adds the same constant to every assignment).
         let mut opts = DecodeOptions::new(ExitPolicy::LastLayer);
-        opts.output_logits = true;
-        let out = model.decode_with_mode(
-            &enc,
-            &batch.decoder_input_ids,
-            Some(&batch.decoder_attention_mask),
-            &opts,
-            Mode::Eval,
-        )?;
-        let logits = out
-            .logits
-            .ok_or_else(|| Error::invalid_arg("logits", "the decoder returned no logits"))?
-            .to_dtype(DType::F32)?;
-        // log p = logits - logsumexp over the vocabulary.
-        let max = logits.max_keepdim(2)?;
-        let lse = logits
-            .broadcast_sub(&max)?
-            .exp()?
-            .sum_keepdim(2)?
-            .log()?
-            .add(&max)?;
-        let logp = logits.broadcast_sub(&lse)?;
+        opts.output_layer_hidden = true;
+        let out = eval_pass(model, &batch, opts)?;
+        let h = out
+            .layer_hidden
+            .and_then(|mut states| states.pop())
+            .ok_or_else(|| Error::invalid_arg("layer_hidden", "the decoder returned no states"))?;
+        let (w, bias) = model
+            .decoder()
+            .offramps()
+            .projection(model.num_decoder_layers())?;
         let labels: Vec<Vec<u32>> = batch.labels.to_vec2()?;
-        let dev = logp.device().clone();
+        let dev = h.device().clone();
         let mut aligned = Vec::with_capacity(labels.len());
         for (i, row) in labels.iter().enumerate() {
             let mut positions: Vec<usize> = (0..row.len())
@@ -393,15 +363,18 @@ impl FinetuneObjective {
                 aligned.push(row.clone());
                 continue;
             }
-            let pos_ids: Vec<u32> = positions.iter().map(|&j| j as u32).collect();
-            let tok_ids: Vec<u32> = positions.iter().map(|&j| row[j]).collect();
             let m = positions.len();
-            let sub = logp
+            let pos_ids = Tensor::from_vec(positions.iter().map(|&j| j as u32).collect(), m, &dev)?;
+            let tok_ids = Tensor::from_vec(positions.iter().map(|&j| row[j]).collect(), m, &dev)?;
+            // [m positions, d] x [d, m tokens] + the tokens' biases.
+            let scores = h
                 .get(i)?
-                .index_select(&Tensor::from_vec(pos_ids, m, &dev)?, 0)?
-                .index_select(&Tensor::from_vec(tok_ids, m, &dev)?, 1)?;
-            let sub: Vec<f32> = sub.flatten_all()?.to_vec1()?;
-            aligned.push(super::order_agnostic::align_row(row, &positions, &sub)?);
+                .index_select(&pos_ids, 0)?
+                .matmul(&w.index_select(&tok_ids, 0)?.t()?)?
+                .broadcast_add(&bias.index_select(&tok_ids, 0)?)?
+                .to_dtype(DType::F32)?;
+            let scores: Vec<f32> = scores.flatten_all()?.to_vec1()?;
+            aligned.push(super::order_agnostic::align_row(row, &positions, &scores)?);
         }
         let (b, t) = batch.labels.dims2()?;
         Ok(Batch {
@@ -460,6 +433,32 @@ impl FinetuneObjective {
             FinetuneMode::SoftAndHard { gold_prob } => soft(gold_prob, rng),
         }
     }
+}
+
+/// `x` when it is in `[0, 1]`, else an argument error naming `name`.
+fn fraction(name: &str, x: f64) -> Result<f64> {
+    if (0.0..=1.0).contains(&x) {
+        Ok(x)
+    } else {
+        Err(Error::invalid_arg(name, format!("{x} is not in [0, 1]")))
+    }
+}
+
+/// One pass over `batch` in eval mode (no dropout, no gradient wanted): what glancing and
+/// the order-agnostic alignment look at before a training step.
+fn eval_pass(
+    model: &ElmerModel,
+    batch: &Batch,
+    opts: DecodeOptions,
+) -> Result<crate::model::exit::DecoderOutput> {
+    let enc = model.encode_with_mode(&batch.input_ids, Some(&batch.attention_mask), Mode::Eval)?;
+    model.decode_with_mode(
+        &enc,
+        &batch.decoder_input_ids,
+        Some(&batch.decoder_attention_mask),
+        &opts,
+        Mode::Eval,
+    )
 }
 
 impl Objective for FinetuneObjective {

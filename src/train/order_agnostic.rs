@@ -13,7 +13,8 @@
 //! Only the content labels move: `</s>` keeps its position (the model still learns where the
 //! output ends) and `<pad>` labels (ignored, e.g. glanced positions) stay where they are.
 //!
-//! Shapes: log-probabilities `[T, |Y|]` per row (slot positions x the row's content tokens);
+//! Shapes: scores (logits or log-probabilities) `[m, m]` per row (movable slot positions x
+//! the row's content tokens, computed for those tokens only);
 //! labels `[batch, T]` u32.
 
 use crate::error::{Error, Result};
@@ -89,20 +90,21 @@ pub(crate) fn min_cost_assignment(cost: &[f64], n: usize) -> Result<Vec<usize>> 
 }
 
 /// Reorders one label row. `positions` are the slot positions whose labels may move (the
-/// content labels, not `</s>` or `<pad>`), in slot order; `logp[k * m + c]` (with
+/// content labels, not `</s>` or `<pad>`), in slot order; `score[k * m + c]` (with
 /// `m = positions.len()`) is the model's log-probability of content token `c` (the label at
-/// `positions[c]`) at position `positions[k]`. Returns the row with the content labels
-/// placed at the most likely positions.
-pub(crate) fn align_row(row: &[u32], positions: &[usize], logp: &[f32]) -> Result<Vec<u32>> {
+/// `positions[c]`) at position `positions[k]`, or its logit: a per-position constant (the
+/// log-normaliser) adds the same amount to every assignment, so both give the same one.
+/// Returns the row with the content labels placed at the most likely positions.
+pub(crate) fn align_row(row: &[u32], positions: &[usize], score: &[f32]) -> Result<Vec<u32>> {
     let m = positions.len();
-    if logp.len() != m * m {
+    if score.len() != m * m {
         return Err(Error::invalid_arg(
-            "logp",
-            format!("{} entries for {m} movable labels", logp.len()),
+            "score",
+            format!("{} entries for {m} movable labels", score.len()),
         ));
     }
-    // Clamp -inf log-probabilities (an underflowed softmax) to a large finite cost.
-    let cost: Vec<f64> = logp.iter().map(|&l| -(l as f64).max(-1e4)).collect();
+    // Clamp -inf scores (an underflowed softmax) to a large finite cost.
+    let cost: Vec<f64> = score.iter().map(|&l| -(l as f64).max(-1e4)).collect();
     let assignment = min_cost_assignment(&cost, m)?;
     let mut out = row.to_vec();
     for (k, &c) in assignment.iter().enumerate() {

@@ -254,6 +254,21 @@ fn length_buckets_group_similar_sources() {
     assert!(b * 2 < a, "length spread: plain {a}, bucketed {b}");
 }
 
+/// A training draw of `o` as sources, label rows and the plain batch in the 10-token slot.
+fn slot_batch(
+    params: &Params,
+    o: &FinetuneObjective,
+    rng: &mut rand::rngs::StdRng,
+) -> (Vec<Vec<u32>>, Vec<Vec<u32>>, elmer::train::Batch) {
+    let pairs = o.sample_batch(rng);
+    let s: Vec<Vec<u32>> = pairs.iter().map(|p| p.source.clone()).collect();
+    let l: Vec<Vec<u32>> = pairs.iter().map(|p| p.labels.clone()).collect();
+    let batch =
+        elmer::train::Batch::from_ids_in_slot(&s, &l, Some(10), params.config(), &Device::Cpu)
+            .unwrap();
+    (s, l, batch)
+}
+
 #[test]
 fn glancing_feeds_gold_tokens_and_drops_them_from_the_loss() {
     let (params, o) = objective(FinetuneMode::Last);
@@ -267,13 +282,8 @@ fn glancing_feeds_gold_tokens_and_drops_them_from_the_loss() {
         .unwrap()
         .with_glancing(1.0)
         .unwrap();
-    let cfg = params.config().clone();
     let mut rng = rand::rngs::StdRng::seed_from_u64(4);
-    let pairs = o.sample_batch(&mut rng);
-    let s: Vec<Vec<u32>> = pairs.iter().map(|p| p.source.clone()).collect();
-    let l: Vec<Vec<u32>> = pairs.iter().map(|p| p.labels.clone()).collect();
-    let plain =
-        elmer::train::Batch::from_ids_in_slot(&s, &l, Some(10), &cfg, &Device::Cpu).unwrap();
+    let (_, l, plain) = slot_batch(&params, &o, &mut rng);
     let before_dec = to_u32_vec2(&plain.decoder_input_ids);
     let glanced = o.glance(&model, plain.clone(), &mut rng).unwrap();
     let dec = to_u32_vec2(&glanced.decoder_input_ids);
@@ -314,10 +324,7 @@ fn order_agnostic_alignment_is_the_most_likely_order_of_the_same_words() {
         .unwrap();
     let cfg = params.config().clone();
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let pairs = o.sample_batch(&mut rng);
-    let s: Vec<Vec<u32>> = pairs.iter().map(|p| p.source.clone()).collect();
-    let l: Vec<Vec<u32>> = pairs.iter().map(|p| p.labels.clone()).collect();
-    let plain = Batch::from_ids_in_slot(&s, &l, Some(10), &cfg, &Device::Cpu).unwrap();
+    let (s, l, plain) = slot_batch(&params, &o, &mut rng);
     let aligned = o.align_labels(&model, plain.clone()).unwrap();
     let lab = to_u32_vec2(&aligned.labels);
     let mut moved = 0;
