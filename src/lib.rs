@@ -59,7 +59,7 @@ pub use config::{Activation, ElmerConfig, OffRampKind};
 pub use error::{Error, Result};
 pub use generate::{
     collapse_repeated_words, generate_greedy, generate_greedy_with, ExitStats, Generation,
-    GenerationConfig, Generator, GreedyOptions,
+    GenerationConfig, Generator, GreedyOptions, TargetLength,
 };
 pub use model::exit::{DecodeOptions, DecoderOutput, ExitPolicy, SoftTeacher};
 pub use model::{ElmerModel, EncoderOutput};

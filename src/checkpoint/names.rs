@@ -1,7 +1,8 @@
 //! The tensor names and shapes an ELMER model reads ([`expected_tensors`]), in the crate's
 //! canonical naming: the BART body without the `model.` prefix (`shared.weight`,
 //! `encoder.layers.0.fc1.weight`, ...), head tensors with theirs (`final_logits_bias`,
-//! `lm_head.weight`, `concat_head.weight` `[d, 2d]`, `offramps.{i}.{weight,bias}`).
+//! `lm_head.weight`, `concat_head.weight` `[d, 2d]`, `offramps.{i}.{weight,bias}`,
+//! `length_head.{weight,bias}` `[max_position_embeddings + 1, d]` / `[.. + 1]`).
 
 use crate::config::{ElmerConfig, OffRampKind};
 
@@ -51,8 +52,8 @@ pub fn is_body_name(name: &str) -> bool {
     name.starts_with("shared.") || name.starts_with("encoder.") || name.starts_with("decoder.")
 }
 
-/// Every tensor an ELMER model with `cfg` reads, with shapes. `concat_head.weight` and
-/// `final_logits_bias` are optional; per-layer off-ramps are required when configured.
+/// Every tensor an ELMER model with `cfg` reads, with shapes. `concat_head.weight`,
+/// `length_head.{weight,bias}` and `final_logits_bias` are optional; per-layer off-ramps are required when configured.
 pub fn expected_tensors(cfg: &ElmerConfig) -> Vec<TensorSpec> {
     use TensorKind::*;
     let d = cfg.d_model;
@@ -109,6 +110,15 @@ pub fn expected_tensors(cfg: &ElmerConfig) -> Vec<TensorSpec> {
         Weight,
         false,
     ));
+    // Optional target-length predictor (classes 0..=max target length).
+    let lengths = cfg.max_position_embeddings + 1;
+    out.push(spec(
+        "length_head.weight".into(),
+        vec![lengths, d],
+        Weight,
+        false,
+    ));
+    out.push(spec("length_head.bias".into(), vec![lengths], Bias, false));
     if cfg.elmer_offramps == OffRampKind::PerLayer {
         for i in 0..cfg.decoder_layers {
             out.push(spec(

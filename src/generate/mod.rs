@@ -6,6 +6,8 @@
 //! `[<s>, <mask> x (max_len - 1)]`, and results are restored to input order. Position t of the
 //! slot predicts target token t+1, so the output is read from position 0 and ends at the
 //! first `</s>` (exclusive); the slot length is a maximum, never taken from a reference.
+//! A model with a length head can instead decode a slot of its own predicted length per
+//! source ([`TargetLength`]).
 //!
 //! Results do not depend on the batch size or order (each example's computation is masked
 //! from the others'), and per-layer exit statistics accumulate over a whole run.
@@ -22,9 +24,26 @@ pub use stats::ExitStats;
 
 use crate::batch::PaddedBatch;
 use crate::error::{Error, Result};
-use crate::model::exit::ExitPolicy;
+use crate::model::exit::{DecodeOptions, ExitPolicy};
 use crate::model::ElmerModel;
 use crate::tokenizer::BartTokenizer;
+
+/// How long each source's decoder slot is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TargetLength {
+    /// `Predicted` when the model has a length head ([`ElmerModel::has_length_head`]), else
+    /// `Slot`.
+    #[default]
+    Auto,
+    /// The paper's way: every source gets the full slot of `max_len` positions, all attended,
+    /// and its output ends at the first `</s>`.
+    Slot,
+    /// The model's length head predicts each source's slot length T in `2..=max_len`
+    /// ([`ElmerModel::predict_lengths`]); the decoder attends only those T positions, and the
+    /// output is read from the first T - 1 (position T - 1 is the `</s>` position), up to
+    /// the first `</s>` there. Needs a length head.
+    Predicted,
+}
 
 /// Options for [`Generator`].
 #[derive(Debug, Clone)]
@@ -47,6 +66,8 @@ pub struct GenerationConfig {
     /// several calls, so peak memory is bounded by the budget, not by `batch_size`. Results do
     /// not change (they never depend on the batch). Default 2048.
     pub max_batch_tokens: usize,
+    /// Full slot or predicted length per source; default [`TargetLength::Auto`].
+    pub length: TargetLength,
 }
 
 impl Default for GenerationConfig {
@@ -58,6 +79,7 @@ impl Default for GenerationConfig {
             max_source_len: None,
             collapse_repeats: false,
             max_batch_tokens: 2048,
+            length: TargetLength::Auto,
         }
     }
 }
@@ -71,7 +93,8 @@ pub struct Generation {
     pub ids: Vec<u32>,
     /// Exit layer (1..=L) of each id in `ids`.
     pub exit_layers: Vec<u32>,
-    /// Number of tokens before `</s>` (= `ids.len()`); equal to `max_len` when no `</s>` came.
+    /// Number of tokens before `</s>` (= `ids.len()`); when no `</s>` came, `max_len` (full
+    /// slot) or the predicted length minus one ([`TargetLength::Predicted`]).
     pub num_tokens: usize,
     /// Whether a `</s>` was generated inside the slot.
     pub ended: bool,
@@ -100,6 +123,7 @@ pub struct Generator<'a> {
     tokenizer: Option<&'a BartTokenizer>,
     config: GenerationConfig,
     policy: ExitPolicy,
+    predict_length: bool,
     stats: ExitStats,
 }
 
@@ -152,12 +176,23 @@ impl<'a> Generator<'a> {
             }
             _ => policy.validate()?,
         }
+        let predict_length = match config.length {
+            TargetLength::Auto => model.has_length_head(),
+            TargetLength::Slot => false,
+            TargetLength::Predicted if !model.has_length_head() => {
+                return Err(Error::Unsupported(
+                    "predicted target lengths need a `length_head` in the checkpoint".into(),
+                ))
+            }
+            TargetLength::Predicted => true,
+        };
         Ok(Self {
             stats: ExitStats::new(model.num_decoder_layers()),
             model,
             tokenizer: None,
             config,
             policy,
+            predict_length,
         })
     }
 
@@ -176,6 +211,12 @@ impl<'a> Generator<'a> {
     /// last layer.
     pub fn policy(&self) -> &ExitPolicy {
         &self.policy
+    }
+
+    /// Whether each source's slot length is predicted by the model's length head (see
+    /// [`TargetLength`]).
+    pub fn predicts_length(&self) -> bool {
+        self.predict_length
     }
 
     /// Exit statistics of everything generated so far.
@@ -318,15 +359,31 @@ impl<'a> Generator<'a> {
         let start = Instant::now();
         let (ids, mask) = padded.to_tensors(dev)?;
         let enc = model.encode(&ids, Some(&mask))?;
-        let out = model.decode_slot(&enc, self.config.max_len, self.policy.clone())?;
+        let (out, lengths) = if self.predict_length {
+            let lengths = model.predict_lengths(&enc, self.config.max_len)?;
+            let (slot, keep) = model.slot_input_with_lengths(&lengths)?;
+            let opts = DecodeOptions::new(self.policy.clone());
+            (
+                model.decode(&enc, &slot, Some(&keep), &opts)?,
+                Some(lengths),
+            )
+        } else {
+            let out = model.decode_slot(&enc, self.config.max_len, self.policy.clone())?;
+            (out, None)
+        };
         let out_ids: Vec<Vec<u32>> = out.ids.to_dtype(DType::U32)?.to_vec2()?;
         let out_exits: Vec<Vec<u32>> = out.exit_layers.to_dtype(DType::U32)?.to_vec2()?;
         dev.synchronize()?;
         let latency_ms = start.elapsed().as_secs_f64() * 1000.0 / b as f64;
         let mut res = Vec::with_capacity(b);
-        for (row, exits) in out_ids.into_iter().zip(out_exits) {
-            let end = row.iter().position(|&id| id == eos);
-            let n = end.unwrap_or(row.len());
+        for (i, (row, exits)) in out_ids.into_iter().zip(out_exits).enumerate() {
+            // Predicted length T: positions 0..T-1 hold the words, T-1 is the `</s>` position.
+            let (limit, fallback) = match &lengths {
+                Some(l) => (l[i], l[i] - 1),
+                None => (row.len(), row.len()),
+            };
+            let end = row[..limit].iter().position(|&id| id == eos);
+            let n = end.unwrap_or(fallback);
             let ids = row[..n].to_vec();
             let text = match self.tokenizer {
                 Some(t) => {

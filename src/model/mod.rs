@@ -25,6 +25,7 @@ pub(crate) mod embedding;
 pub(crate) mod encoder;
 pub(crate) mod exit;
 pub(crate) mod feed_forward;
+pub(crate) mod length;
 pub(crate) mod offramp;
 
 use std::borrow::Cow;
@@ -39,6 +40,7 @@ use attention::KeyValue;
 use decoder::{Decoder, EncoderSide};
 use encoder::Encoder;
 use exit::{DecodeOptions, DecoderOutput, ExitPolicy};
+use length::LengthHead;
 
 /// The encoder's output, reusable across decoder calls ("encode once, decode many").
 #[derive(Debug, Clone)]
@@ -70,6 +72,7 @@ pub struct ElmerModel {
     config: ElmerConfig,
     encoder: Encoder,
     decoder: Decoder,
+    length_head: Option<LengthHead>,
     device: Device,
     dtype: DType,
     recorded_policy: Option<ExitPolicy>,
@@ -90,6 +93,7 @@ impl ElmerModel {
         };
         let encoder = Encoder::load(weights, &config, shared.clone())?;
         let decoder = Decoder::load(weights, &config, shared.clone(), output)?;
+        let length_head = LengthHead::load(weights)?;
         if matches!(recorded_policy, Some(ExitPolicy::Soft)) && !decoder.has_concat_head() {
             return Err(Error::config(
                 "elmer_exit_policy",
@@ -102,6 +106,7 @@ impl ElmerModel {
             config,
             encoder,
             decoder,
+            length_head,
             recorded_policy,
         })
     }
@@ -148,6 +153,76 @@ impl ElmerModel {
     /// Whether soft exit is available (`concat_head` loaded).
     pub fn has_concat_head(&self) -> bool {
         self.decoder.has_concat_head()
+    }
+
+    /// Whether the model has a target-length predictor (`length_head.*`, see
+    /// [`predict_lengths`](Self::predict_lengths)).
+    pub fn has_length_head(&self) -> bool {
+        self.length_head.is_some()
+    }
+
+    /// Predicted target length of each row of `enc`, in decoder positions counting the
+    /// `</s>` position (the slot length to decode with), in `2..=max_len`; needs a length
+    /// head ([`has_length_head`](Self::has_length_head)).
+    pub fn predict_lengths(&self, enc: &EncoderOutput, max_len: usize) -> Result<Vec<usize>> {
+        let head = self.length_head.as_ref().ok_or_else(|| {
+            Error::Unsupported("length prediction needs `length_head.*` in the checkpoint".into())
+        })?;
+        head.predict(&enc.hidden, enc.mask.as_ref(), 2.min(max_len), max_len)
+    }
+
+    /// Training helper: length logits `[batch, max_target_len + 1]` (differentiable); `None`
+    /// without a length head. Not part of the supported API.
+    #[doc(hidden)]
+    pub fn length_logits(&self, enc: &EncoderOutput) -> Result<Option<Tensor>> {
+        self.length_head
+            .as_ref()
+            .map(|h| h.logits(&enc.hidden, enc.mask.as_ref()))
+            .transpose()
+    }
+
+    /// The decoder input and mask for per-row slot lengths `lengths` (each in
+    /// `1..=max_target_len`): row i is `[<s>, <mask> x (lengths[i] - 1)]`, then `<pad>` up to
+    /// the longest, with mask 1 on its first `lengths[i]` positions; `[batch, max]` u32 each.
+    pub fn slot_input_with_lengths(&self, lengths: &[usize]) -> Result<(Tensor, Tensor)> {
+        let t = lengths.iter().copied().max().unwrap_or(0);
+        if lengths.is_empty() || lengths.contains(&0) {
+            return Err(Error::invalid_arg(
+                "lengths",
+                "need at least one row, every length at least 1",
+            ));
+        }
+        if t > self.max_target_len() {
+            return Err(Error::invalid_arg(
+                "lengths",
+                format!(
+                    "{t} exceeds the decoder position table ({})",
+                    self.max_target_len()
+                ),
+            ));
+        }
+        let (bos, mask, pad) = (
+            self.config.bos_token_id,
+            self.config.mask_token_id(),
+            self.config.pad_token_id,
+        );
+        let mut ids = Vec::with_capacity(lengths.len() * t);
+        let mut keep = Vec::with_capacity(lengths.len() * t);
+        for &n in lengths {
+            for j in 0..t {
+                ids.push(match j {
+                    0 => bos,
+                    j if j < n => mask,
+                    _ => pad,
+                });
+                keep.push(u32::from(j < n));
+            }
+        }
+        let shape = (lengths.len(), t);
+        Ok((
+            Tensor::from_vec(ids, shape, &self.device)?,
+            Tensor::from_vec(keep, shape, &self.device)?,
+        ))
     }
 
     /// The decoder's layers and off-ramps, for the stage breakdown of `benches/latency.rs`;

@@ -136,6 +136,7 @@ pub struct FinetuneObjective {
     glance_ratio: f64,
     order_agnostic: f64,
     keep_ends: bool,
+    length_loss: f64,
 }
 
 impl FinetuneObjective {
@@ -176,6 +177,7 @@ impl FinetuneObjective {
             glance_ratio: 0.0,
             order_agnostic: 0.0,
             keep_ends: false,
+            length_loss: 0.0,
         };
         obj.valid = obj.batch_valid()?;
         Ok(obj)
@@ -228,6 +230,23 @@ impl FinetuneObjective {
             ));
         }
         self.label_smoothing = eps;
+        Ok(self)
+    }
+
+    /// Trains the model's target-length predictor alongside the exits: `weight` x the
+    /// cross-entropy of the predicted length against each row's target length is added to
+    /// every training loss (CMLM uses 0.1; validation losses leave it out). The model must
+    /// have a length head ([`super::Params::ensure_length_head`]). Pair it with the default
+    /// slot (`with_generation_slot(None)`): the decoder then learns to read the length off
+    /// the slot, and generation decodes the predicted length. Default 0.
+    pub fn with_length_loss(mut self, weight: f64) -> Result<Self> {
+        if !(weight.is_finite() && weight >= 0.0) {
+            return Err(Error::invalid_arg(
+                "length_loss",
+                format!("{weight} is not a finite weight >= 0"),
+            ));
+        }
+        self.length_loss = weight;
         Ok(self)
     }
 
@@ -494,6 +513,7 @@ impl Objective for FinetuneObjective {
             };
         }
         batch.label_smoothing = self.label_smoothing;
+        batch.length_loss = self.length_loss;
         let loss = self.loss(model, &batch, Some(rng), mode, (step + micro) % 2 == 1)?;
         Ok(MicroLoss { loss, tokens })
     }

@@ -40,6 +40,12 @@ pub struct Batch {
     /// Label smoothing of the off-ramp cross-entropies on this batch (0: none; e.g. 0.1
     /// for training batches, 0 for validation so that losses stay comparable).
     pub label_smoothing: f64,
+    /// Target length of each row `[batch]` u32: its number of labels up to and including
+    /// `</s>` (what a length head predicts; glancing may later pad some labels, not this).
+    pub target_lengths: Tensor,
+    /// Weight of the target-length cross-entropy ([`length_loss`]) added to the off-ramp
+    /// losses on this batch (0: none; needs a model with a length head).
+    pub length_loss: f64,
 }
 
 impl Batch {
@@ -133,9 +139,15 @@ impl Batch {
             decoder_input_ids: Tensor::from_vec(dec, (b, t), device)?,
             decoder_attention_mask,
             labels: labels_t,
+            target_lengths: Tensor::from_vec(
+                labels.iter().map(|l| l.len() as u32).collect::<Vec<_>>(),
+                b,
+                device,
+            )?,
             num_target_tokens: n_tgt,
             num_source_tokens: n_src,
             label_smoothing: 0.0,
+            length_loss: 0.0,
         })
     }
 
@@ -378,7 +390,28 @@ fn mean_offramp_ce(
         });
     }
     let acc = acc.ok_or_else(|| Error::config("decoder_layers", "is zero"))?;
-    Ok((acc / (n - first) as f64)?)
+    let loss = (acc / (n - first) as f64)?;
+    if batch.length_loss > 0.0 {
+        Ok((loss + (length_loss(model, &enc, batch)? * batch.length_loss)?)?)
+    } else {
+        Ok(loss)
+    }
+}
+
+/// Mean cross-entropy of the length head's prediction against each row's target length
+/// ([`Batch::target_lengths`]); an error when the model has no length head.
+pub fn length_loss(model: &ElmerModel, enc: &EncoderOutput, batch: &Batch) -> Result<Tensor> {
+    let logits = model.length_logits(enc)?.ok_or_else(|| {
+        Error::Unsupported("a length loss needs a length head (`length_head.*`)".into())
+    })?;
+    let (b, classes) = logits.dims2()?;
+    let lengths = batch
+        .target_lengths
+        .to_dtype(DType::U32)?
+        .clamp(0u32, (classes - 1) as u32)?;
+    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    let picked = logp.gather(&lengths.unsqueeze(1)?, 1)?; // [b, 1]
+    Ok((picked.sum_all()?.neg()? / b as f64)?)
 }
 
 /// Soft-exit loss: teacher forcing where `use_gold` (`[batch, T]` u8) is 1 and the label is

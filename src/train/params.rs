@@ -129,6 +129,24 @@ impl Params {
         Ok(true)
     }
 
+    /// Adds a target-length predictor (`length_head.weight` `[max_position_embeddings + 1, d]`
+    /// ~ N(0, `std`), `length_head.bias` zeros) when absent; returns whether one was created.
+    pub fn ensure_length_head(&mut self, seed: u64, std: f64) -> Result<bool> {
+        if self.vars.contains_key("length_head.weight") {
+            return Ok(false);
+        }
+        let d = self.config.d_model;
+        let n = self.config.max_position_embeddings + 1;
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x6c65_6e67_7468);
+        let w = normal(&[n, d], std, &mut rng, &self.device)?;
+        let b = Tensor::zeros(n, DType::F32, &self.device)?;
+        self.vars
+            .insert("length_head.weight".into(), Var::from_tensor(&w)?);
+        self.vars
+            .insert("length_head.bias".into(), Var::from_tensor(&b)?);
+        Ok(true)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &ElmerConfig {
         &self.config

@@ -12,6 +12,7 @@ mod data_readers;
 mod finetune;
 mod fuzz;
 mod generate;
+mod length_head;
 mod model_parity;
 mod tokenizer_parity;
 mod train_parity;

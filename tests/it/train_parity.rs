@@ -41,11 +41,13 @@ fn setup(detach: bool) -> (Params, Batch, HashMap<String, Tensor>) {
         input_ids: ids(&r["input_ids"]),
         attention_mask: ids(&r["attention_mask"]),
         decoder_input_ids: ids(&r["decoder_input_ids"]),
+        target_lengths: ids(&r["decoder_attention_mask"]).sum(1).unwrap(),
         decoder_attention_mask: ids(&r["decoder_attention_mask"]),
         labels,
         num_target_tokens: n_tgt,
         num_source_tokens: 0,
         label_smoothing: 0.0,
+        length_loss: 0.0,
     };
     (p, batch, r)
 }

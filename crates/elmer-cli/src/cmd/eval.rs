@@ -78,6 +78,32 @@ pub struct EvalOpts {
     /// (the paper's Figure 2).
     #[arg(long)]
     pub exit_plot: Option<PathBuf>,
+    /// Output length: auto (predicted when the model has a length head, else the slot),
+    /// slot (the full --max-len slot, cut at the first </s>) or predicted (the model's
+    /// length head sets each source's slot).
+    #[arg(long, value_enum, default_value_t = LengthArg::Auto)]
+    pub length: LengthArg,
+}
+
+/// `--length`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LengthArg {
+    /// Predicted when the model has a length head, else the slot.
+    Auto,
+    /// The full slot, cut at the first </s>.
+    Slot,
+    /// The model's length head sets each source's slot.
+    Predicted,
+}
+
+impl LengthArg {
+    pub fn target_length(self) -> elmer::TargetLength {
+        match self {
+            LengthArg::Auto => elmer::TargetLength::Auto,
+            LengthArg::Slot => elmer::TargetLength::Slot,
+            LengthArg::Predicted => elmer::TargetLength::Predicted,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -223,6 +249,7 @@ pub fn evaluate(
             batch_size: opts.gen_batch_size,
             max_source_len: Some(max_src),
             collapse_repeats: false,
+            length: opts.length.target_length(),
             ..GenerationConfig::default()
         };
         let (hyps, stats, latency) =

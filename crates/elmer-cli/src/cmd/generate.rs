@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use elmer::{Error, ExitPolicy, LoadOptions, Result};
 use elmer::{Generation, GenerationConfig, Generator};
 
+use super::eval::LengthArg;
 use crate::io::{self, NoTokenizer};
 use crate::progress;
 
@@ -44,6 +45,10 @@ pub struct Args {
     /// Collapse consecutive repeated words (the authors' post-processing).
     #[arg(long)]
     pub collapse_repeats: bool,
+    /// Output length: auto (predicted when the model has a length head, else the slot),
+    /// slot (the full --max-len slot, cut at the first </s>) or predicted.
+    #[arg(long, value_enum, default_value_t = LengthArg::Auto)]
+    pub length: LengthArg,
 }
 
 pub fn run(a: &Args) -> Result<()> {
@@ -63,6 +68,7 @@ pub fn run(a: &Args) -> Result<()> {
         policy,
         batch_size: a.batch_size,
         collapse_repeats: a.collapse_repeats,
+        length: a.length.target_length(),
         ..GenerationConfig::default()
     };
     let mut gen = Generator::new(&model, cfg)?.with_tokenizer(&tok);

@@ -1,0 +1,319 @@
+//! The target-length predictor: loading (both tensors or neither), the prediction is the
+//! argmax of a linear map of the masked mean of the encoder states (checked by hand, and
+//! unchanged by padding), generation decodes each source's predicted slot with the rest
+//! masked, `TargetLength` options, and the length loss trains the head.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use elmer::train::{FinetuneMode, FinetuneObjective, Objective, Pair, Params};
+use elmer::train::{TrainConfig, Trainer};
+use elmer::{DecodeOptions, ElmerModel, Error, ExitPolicy, GenerationConfig, Generator};
+use elmer::{PaddedBatch, TargetLength};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::common::*;
+
+/// The cg fixture's tensors plus a length head: weight uniform in `[-scale, scale]` (seeded),
+/// bias `bias(class)`. Returns the model and the head's weight rows and bias.
+fn cg_with_head(bias: impl Fn(usize) -> f32, scale: f32) -> (ElmerModel, Vec<Vec<f32>>, Vec<f32>) {
+    let (cfg, w, _) =
+        elmer::checkpoint::load_dir(model_dir("cg"), &elmer::LoadOptions::default()).unwrap();
+    let n = cfg.max_position_embeddings + 1;
+    let d = cfg.d_model;
+    let mut rng = StdRng::seed_from_u64(11);
+    let wdata: Vec<f32> = (0..n * d)
+        .map(|_| rng.random_range(-scale..=scale))
+        .collect();
+    let bdata: Vec<f32> = (0..n).map(bias).collect();
+    let mut map: HashMap<String, Tensor> = w.map().clone();
+    map.insert(
+        "length_head.weight".into(),
+        Tensor::from_vec(wdata.clone(), (n, d), &Device::Cpu).unwrap(),
+    );
+    map.insert(
+        "length_head.bias".into(),
+        Tensor::from_vec(bdata.clone(), n, &Device::Cpu).unwrap(),
+    );
+    let weights = elmer::checkpoint::Weights::new(map);
+    let model = ElmerModel::from_weights(cfg, &weights).unwrap();
+    let rows = wdata.chunks(d).map(<[f32]>::to_vec).collect();
+    (model, rows, bdata)
+}
+
+fn sources(seed: u64, n: usize) -> Vec<Vec<u32>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let len = rng.random_range(1..10);
+            let mut s = vec![0u32];
+            s.extend((0..len).map(|_| rng.random_range(5..120)));
+            s.push(2);
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn a_length_head_needs_both_tensors() {
+    let (cfg, w, _) =
+        elmer::checkpoint::load_dir(model_dir("cg"), &elmer::LoadOptions::default()).unwrap();
+    assert!(!ElmerModel::from_weights(cfg.clone(), &w)
+        .unwrap()
+        .has_length_head());
+    let n = cfg.max_position_embeddings + 1;
+    let mut map = w.map().clone();
+    map.insert(
+        "length_head.weight".into(),
+        Tensor::zeros((n, cfg.d_model), DType::F32, &Device::Cpu).unwrap(),
+    );
+    let e =
+        ElmerModel::from_weights(cfg.clone(), &elmer::checkpoint::Weights::new(map)).unwrap_err();
+    assert!(
+        matches!(&e, Error::MissingTensor { name, .. } if name == "length_head.bias"),
+        "{e}"
+    );
+    // A saved model directory keeps the head, and the loader checks its shape.
+    let (model, _, _) = cg_with_head(|_| 0.0, 0.1);
+    assert!(model.has_length_head());
+    let dir = tempfile::tempdir().unwrap();
+    let mut map = w.map().clone();
+    map.insert(
+        "length_head.weight".into(),
+        Tensor::zeros((n, cfg.d_model), DType::F32, &Device::Cpu).unwrap(),
+    );
+    map.insert(
+        "length_head.bias".into(),
+        Tensor::zeros(n + 1, DType::F32, &Device::Cpu).unwrap(),
+    );
+    elmer::checkpoint::save_dir(dir.path(), &cfg, &map).unwrap();
+    let e = ElmerModel::from_dir(dir.path(), &elmer::LoadOptions::default()).unwrap_err();
+    assert!(matches!(e, Error::TensorShape { .. }), "{e}");
+}
+
+#[test]
+fn predicted_length_is_the_argmax_over_the_masked_mean_and_ignores_padding() {
+    let (model, w, b) = cg_with_head(|_| 0.0, 2.0);
+    let srcs = sources(3, 6);
+    let max_len = 12;
+    let batch = PaddedBatch::new(&srcs, 1);
+    let (ids, mask) = batch.to_tensors(&Device::Cpu).unwrap();
+    let enc = model.encode(&ids, Some(&mask)).unwrap();
+    let predicted = model.predict_lengths(&enc, max_len).unwrap();
+    let logits = model.length_logits(&enc).unwrap().unwrap();
+    let logits = logits.to_vec2::<f32>().unwrap();
+    let hidden = enc.hidden.to_vec3::<f32>().unwrap();
+    let mut distinct = std::collections::BTreeSet::new();
+    for (i, s) in srcs.iter().enumerate() {
+        // By hand: the mean over the row's real positions, then W h + b.
+        let d = hidden[i][0].len();
+        let mut mean = vec![0f32; d];
+        for h in &hidden[i][..s.len()] {
+            for (m, x) in mean.iter_mut().zip(h) {
+                *m += x / s.len() as f32;
+            }
+        }
+        for (k, (row, bias)) in w.iter().zip(&b).enumerate() {
+            let want: f32 = row.iter().zip(&mean).map(|(a, x)| a * x).sum::<f32>() + bias;
+            assert!(
+                (want - logits[i][k]).abs() < 1e-3,
+                "row {i} class {k}: {want} vs {}",
+                logits[i][k]
+            );
+        }
+        // Alone (no padding), the same source gives the same logits and length.
+        let alone_ids = Tensor::new(s.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let alone = model.encode(&alone_ids, None).unwrap();
+        let alone_logits = model.length_logits(&alone).unwrap().unwrap();
+        let alone_logits = alone_logits.to_vec2::<f32>().unwrap();
+        for (a, b) in alone_logits[0].iter().zip(&logits[i]) {
+            assert!(
+                (a - b).abs() < 1e-4,
+                "row {i}: {a} vs {b} (padding leaked in)"
+            );
+        }
+        let best = (2..=max_len)
+            .max_by(|&a, &b| logits[i][a].total_cmp(&logits[i][b]))
+            .unwrap();
+        assert_eq!(predicted[i], best, "row {i}");
+        assert_eq!(model.predict_lengths(&alone, max_len).unwrap()[0], best);
+        distinct.insert(best);
+    }
+    assert!(
+        distinct.len() > 1,
+        "the head ignores the source: {distinct:?}"
+    );
+    // Classes outside 2..=max_len are never chosen, and an empty range is an error.
+    assert!(predicted.iter().all(|&n| (2..=max_len).contains(&n)));
+    assert!(model.predict_lengths(&enc, 0).is_err());
+}
+
+#[test]
+fn generation_decodes_each_predicted_slot() {
+    // Bias towards length 5 for every source (weights small): slots of 5.
+    let (model, _, _) = cg_with_head(|k| if k == 5 { 50.0 } else { 0.0 }, 0.01);
+    let srcs = sources(4, 7);
+    let cfg = GenerationConfig {
+        max_len: 12,
+        policy: Some(ExitPolicy::LastLayer),
+        batch_size: 3,
+        ..GenerationConfig::default()
+    };
+    let mut gen = Generator::new(&model, cfg.clone()).unwrap();
+    assert!(gen.predicts_length(), "auto uses the head");
+    let outs = gen.generate_ids(&srcs).unwrap();
+    // The same as decoding the masked 5-slot by hand.
+    let batch = PaddedBatch::new(&srcs, 1);
+    let (ids, mask) = batch.to_tensors(&Device::Cpu).unwrap();
+    let enc = model.encode(&ids, Some(&mask)).unwrap();
+    let (slot, keep) = model.slot_input_with_lengths(&[5; 7]).unwrap();
+    assert_eq!(slot.dims(), &[7, 5]);
+    let by_hand = model
+        .decode(
+            &enc,
+            &slot,
+            Some(&keep),
+            &DecodeOptions::new(ExitPolicy::LastLayer),
+        )
+        .unwrap()
+        .ids
+        .to_vec2::<u32>()
+        .unwrap();
+    for (g, row) in outs.iter().zip(&by_hand) {
+        assert!(g.num_tokens <= 4, "{} tokens in a slot of 5", g.num_tokens);
+        let end = row[..5].iter().position(|&t| t == 2).unwrap_or(4);
+        assert_eq!(g.ids, row[..end].to_vec());
+        assert_eq!(g.ended, row[..5].contains(&2));
+    }
+    // The full slot gives different work: outputs may run to 12 tokens.
+    let slot_cfg = GenerationConfig {
+        length: TargetLength::Slot,
+        ..cfg.clone()
+    };
+    let g = Generator::new(&model, slot_cfg).unwrap();
+    assert!(!g.predicts_length());
+    // Mixed lengths in one batch: rows padded to the longest, each masked to its own.
+    let (slot, keep) = model.slot_input_with_lengths(&[2, 4]).unwrap();
+    assert_eq!(
+        slot.to_vec2::<u32>().unwrap(),
+        vec![vec![0, 127, 1, 1], vec![0, 127, 127, 127]]
+    );
+    assert_eq!(
+        keep.to_vec2::<u32>().unwrap(),
+        vec![vec![1, 1, 0, 0], vec![1, 1, 1, 1]]
+    );
+    assert!(model.slot_input_with_lengths(&[0, 3]).is_err());
+    assert!(model
+        .slot_input_with_lengths(&[model.max_target_len() + 1])
+        .is_err());
+    // Predicted without a head is refused clearly.
+    let plain = ElmerModel::from_dir(model_dir("cg"), &elmer::LoadOptions::default()).unwrap();
+    assert!(!Generator::new(&plain, GenerationConfig::default())
+        .unwrap()
+        .predicts_length());
+    let e = Generator::new(
+        &plain,
+        GenerationConfig {
+            length: TargetLength::Predicted,
+            ..GenerationConfig::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("length_head"), "{e}");
+}
+
+/// A copy task whose target length follows from the source: the content reversed.
+fn pairs(n: usize, seed: u64) -> Vec<Pair> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let len = rng.random_range(2..9);
+            let content: Vec<u32> = (0..len).map(|_| rng.random_range(5..40)).collect();
+            let mut source = vec![0];
+            source.extend(&content);
+            source.push(2);
+            let mut labels: Vec<u32> = content.iter().rev().copied().collect();
+            labels.push(2);
+            Pair { source, labels }
+        })
+        .collect()
+}
+
+fn length_accuracy(model: &ElmerModel, pairs: &[Pair]) -> f64 {
+    let srcs: Vec<Vec<u32>> = pairs.iter().map(|p| p.source.clone()).collect();
+    let batch = PaddedBatch::new(&srcs, 1);
+    let (ids, mask) = batch.to_tensors(&Device::Cpu).unwrap();
+    let enc = model.encode(&ids, Some(&mask)).unwrap();
+    let got = model.predict_lengths(&enc, 16).unwrap();
+    let hits = got
+        .iter()
+        .zip(pairs)
+        .filter(|(g, p)| **g == p.labels.len())
+        .count();
+    hits as f64 / pairs.len() as f64
+}
+
+#[test]
+fn the_length_loss_trains_the_head() {
+    let mut params = Params::from_dir(model_dir("cg"), &Device::Cpu).unwrap();
+    let obj = |p: &Params| {
+        FinetuneObjective::new(
+            pairs(96, 1),
+            pairs(32, 2),
+            FinetuneMode::Last,
+            16,
+            32,
+            p.config(),
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    // Without a head, a length loss is an error naming what is missing.
+    let no_head = obj(&params).with_length_loss(1.0).unwrap();
+    let mut rng = StdRng::seed_from_u64(0);
+    let e = no_head
+        .train_loss(&params.model().unwrap(), 0, 0, &mut rng, elmer::Mode::Eval)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("length head"), "{e}");
+    for bad in [-0.1, f64::NAN, f64::INFINITY] {
+        assert!(obj(&params).with_length_loss(bad).is_err(), "{bad}");
+    }
+    assert!(params.ensure_length_head(5, 0.02).unwrap());
+    assert!(!params.ensure_length_head(5, 0.02).unwrap());
+    let valid = pairs(32, 2);
+    let before = length_accuracy(&params.model().unwrap(), &valid);
+    let dir = tempfile::tempdir().unwrap();
+    let tc = TrainConfig {
+        steps: 200,
+        lr: 5e-3,
+        warmup_steps: 3,
+        eval_every: 200,
+        save_every: 200,
+        out_dir: dir.path().to_path_buf(),
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(params, tc).unwrap();
+    t.verbose = false;
+    let with_loss = obj(&Params::from_dir(model_dir("cg"), &Device::Cpu).unwrap())
+        .with_length_loss(1.0)
+        .unwrap();
+    t.run(&with_loss).unwrap();
+    // The saved checkpoint carries the trained head.
+    let saved = ElmerModel::from_dir(
+        dir.path().join("checkpoint-0000200"),
+        &elmer::LoadOptions::default(),
+    )
+    .unwrap();
+    assert!(saved.has_length_head());
+    let after = length_accuracy(&saved, &valid);
+    assert!(
+        after >= 0.8 && after > before + 0.3,
+        "length accuracy {before} -> {after}"
+    );
+}
