@@ -55,6 +55,16 @@ pub enum Error {
         message: String,
     },
 
+    /// A collective operation of data-parallel training failed or timed out (a rank died,
+    /// hangs, or the engine reported an error).
+    #[error("{engine} {op} on rank {rank}: {message}")]
+    Collective {
+        engine: String,
+        op: String,
+        rank: usize,
+        message: String,
+    },
+
     /// Model hub access failed (feature `hub`).
     #[error("model hub: {0}")]
     Hub(String),

@@ -7,9 +7,11 @@
 //! - `trainer`: the training loop (accumulation, validation, atomic checkpoints, resume);
 //! - `lplm`: the pre-training corpus and objective;
 //! - `finetune`: soft / hard / last-layer fine-tuning on (source, target) pairs;
-//! - `order_agnostic`: order-agnostic cross-entropy (OAXE) label alignment (Hungarian).
+//! - `order_agnostic`: order-agnostic cross-entropy (OAXE) label alignment (Hungarian);
+//! - [`distributed`]: data-parallel training over MPI or NCCL (the [`Collective`] trait).
 
 mod corruption;
+pub mod distributed;
 mod finetune;
 pub mod loss;
 mod lplm;
@@ -19,6 +21,7 @@ mod params;
 mod trainer;
 
 pub use corruption::{word_starts_from_tokens, Corrupted, CorruptionConfig, Corruptor};
+pub use distributed::{Collective, SingleProcess};
 pub use finetune::{tokenize_pairs, FinetuneMode, FinetuneObjective, Pair, ValidationScorer};
 pub use loss::Batch;
 pub use lplm::{

@@ -14,6 +14,10 @@
 //! loadable by transformers), `optimizer.safetensors` (AdamW moments) and
 //! `trainer_state.json` (step, config, history). The best checkpoint by validation loss is
 //! also kept in `out_dir/best/`.
+//!
+//! Data-parallel runs ([`Trainer::set_collective`], see [`super::distributed`]): rank r
+//! computes micro-batches `r * grad_accum ..`, gradients are summed across ranks before
+//! clipping, rank 0 validates, logs and writes checkpoints.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -29,6 +33,9 @@ use crate::error::{Error, Result};
 use crate::fs::write_atomic;
 use crate::model::ElmerModel;
 use crate::nn::Mode;
+use crate::train::distributed::{
+    all_reduce_gradients, Collective, SingleProcess, DEFAULT_BUCKET_BYTES,
+};
 use crate::train::optim::{clip_grad_norm, AdamW, AdamWConfig, LinearSchedule};
 use crate::train::params::Params;
 
@@ -126,8 +133,11 @@ pub struct LogEntry {
     pub lr: f64,
     /// Gradient norm before clipping.
     pub grad_norm: f64,
-    /// Tokens per second over this step.
+    /// Tokens per second over this step (all ranks together).
     pub tokens_per_sec: f64,
+    /// Milliseconds this step spent summing gradients across ranks (0 in one process).
+    #[serde(default)]
+    pub allreduce_ms: f64,
     /// Validation loss, when evaluated at this step.
     pub eval_loss: Option<f64>,
     /// Validation score ([`Objective::eval_score`]), when evaluated at this step and the
@@ -191,6 +201,8 @@ pub struct Trainer {
     /// program installs a `tracing` subscriber.
     pub verbose: bool,
     progress: Option<ProgressFn>,
+    comm: Box<dyn Collective>,
+    bucket_bytes: usize,
 }
 
 /// The progress callback of a [`Trainer`].
@@ -248,7 +260,31 @@ impl Trainer {
             config,
             verbose: true,
             progress: None,
+            comm: Box::new(SingleProcess),
+            bucket_bytes: DEFAULT_BUCKET_BYTES,
         })
+    }
+
+    /// Trains data-parallel over `comm` (see [`super::distributed`]): this process is rank
+    /// `comm.rank()` of `comm.world_size()`. Call before [`resume`](Self::resume) and
+    /// [`run`](Self::run), with the same settings on every rank.
+    pub fn set_collective(&mut self, comm: Box<dyn Collective>) {
+        self.comm = comm;
+    }
+
+    /// The collective engine (a [`SingleProcess`] unless set).
+    pub fn collective(&self) -> &dyn Collective {
+        self.comm.as_ref()
+    }
+
+    /// Bytes per gradient all-reduce call (default [`DEFAULT_BUCKET_BYTES`]); at least 1.
+    pub fn set_bucket_bytes(&mut self, bytes: usize) {
+        self.bucket_bytes = bytes.max(1);
+    }
+
+    /// Whether this process writes files and logs (rank 0).
+    fn is_main(&self) -> bool {
+        self.comm.rank() == 0
     }
 
     /// Calls `f` after every optimizer step (e.g. to drive a progress bar).
@@ -282,6 +318,8 @@ impl Trainer {
     /// returns the step resumed from (0 when there is no checkpoint).
     pub fn resume(&mut self) -> Result<usize> {
         self.clean_out_dir()?;
+        // Every rank reads what rank 0 left after cleaning.
+        self.comm.barrier()?;
         let Some(dir) = Self::latest_checkpoint(&self.config.out_dir) else {
             return Ok(0);
         };
@@ -322,9 +360,13 @@ impl Trainer {
         name != "final_logits_bias" || self.config.train_final_logits_bias
     }
 
-    /// Writes a checkpoint of the current step atomically and updates `latest`.
+    /// Writes a checkpoint of the current step atomically and updates `latest` (rank 0
+    /// only; other ranks return the path rank 0 writes).
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
         let out = &self.config.out_dir;
+        if !self.is_main() {
+            return Ok(out.join(checkpoint_name(self.state.step)));
+        }
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         let name = checkpoint_name(self.state.step);
         let tmp = out.join(format!(".tmp-{name}"));
@@ -374,6 +416,9 @@ impl Trainer {
 
     fn save_best(&self) -> Result<()> {
         let out = &self.config.out_dir;
+        if !self.is_main() {
+            return Ok(());
+        }
         let tmp = out.join(".tmp-best");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -386,6 +431,9 @@ impl Trainer {
     /// (`.tmp-*`) are deleted and a half-replaced `best/` or checkpoint is restored.
     fn clean_out_dir(&self) -> Result<()> {
         let out = &self.config.out_dir;
+        if !self.is_main() {
+            return Ok(());
+        }
         let Ok(entries) = std::fs::read_dir(out) else {
             return Ok(()); // not created yet
         };
@@ -408,8 +456,22 @@ impl Trainer {
     /// Validation loss and score; saves `best/` when the step is the best so far (by score
     /// when the objective has one, else by loss).
     fn evaluate(&mut self, obj: &dyn Objective) -> Result<(f64, Option<f64>)> {
-        let l = obj.eval_loss(&self.model)?;
-        let score = obj.eval_score(&self.model)?;
+        // Rank 0 validates; the others receive its results (their weights are the same).
+        let (mut l, mut score) = (0.0, None);
+        if self.is_main() {
+            l = obj.eval_loss(&self.model)?;
+            score = obj.eval_score(&self.model)?;
+        }
+        if self.comm.world_size() > 1 {
+            let mut v = [
+                l,
+                score.unwrap_or(0.0),
+                f64::from(u8::from(score.is_some())),
+            ];
+            self.comm.all_reduce_sum_f64(&mut v)?;
+            l = v[0];
+            score = (v[2] > 0.0).then_some(v[1]);
+        }
         let step = self.state.step;
         let better_loss = self.state.best_eval.is_none_or(|(_, b)| l < b);
         if better_loss {
@@ -438,10 +500,12 @@ impl Trainer {
         let step = self.state.step;
         let start = Instant::now();
         let accum = self.config.grad_accum;
+        let world = self.comm.world_size();
+        let first_micro = self.comm.rank() * accum;
         let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut loss_sum = 0.0;
         let mut tokens = 0;
-        for micro in 0..accum {
+        for micro in first_micro..first_micro + accum {
             let mut rng = StdRng::seed_from_u64(step_seed(self.config.seed, step, micro, 1));
             let drop_rng = RefCell::new(StdRng::seed_from_u64(step_seed(
                 self.config.seed,
@@ -460,7 +524,7 @@ impl Trainer {
                 .loss
                 .to_dtype(candle_core::DType::F64)?
                 .to_scalar::<f64>()?;
-            if !value.is_finite() {
+            if !value.is_finite() && world == 1 {
                 return Err(Error::invalid_arg(
                     "loss",
                     format!("non-finite training loss {value} at step {}", step + 1),
@@ -468,7 +532,7 @@ impl Trainer {
             }
             loss_sum += value;
             tokens += m.tokens;
-            let scaled = (m.loss / accum as f64)?;
+            let scaled = (m.loss / (accum * world) as f64)?;
             let g = scaled.backward()?;
             for (name, var) in self.params.vars() {
                 if !self.trainable(name) {
@@ -487,6 +551,38 @@ impl Trainer {
                 }
             }
         }
+        let mut allreduce_ms = 0.0;
+        if world > 1 {
+            // Every rank checks the summed loss, so all stop together on a bad step.
+            let mut totals = [loss_sum, tokens as f64];
+            self.comm.all_reduce_sum_f64(&mut totals)?;
+            if !totals[0].is_finite() {
+                return Err(Error::invalid_arg(
+                    "loss",
+                    format!(
+                        "non-finite training loss (summed over {world} ranks) at step {}",
+                        step + 1
+                    ),
+                ));
+            }
+            loss_sum = totals[0];
+            tokens = totals[1] as usize;
+            let names: Vec<(String, Vec<usize>)> = self
+                .params
+                .vars()
+                .iter()
+                .filter(|(n, _)| self.trainable(n))
+                .map(|(n, v)| (n.clone(), v.as_tensor().dims().to_vec()))
+                .collect();
+            let st = all_reduce_gradients(
+                self.comm.as_ref(),
+                &names,
+                &mut grads,
+                self.bucket_bytes,
+                self.params.device(),
+            )?;
+            allreduce_ms = st.secs * 1000.0;
+        }
         let grad_norm = match self.config.max_grad_norm {
             Some(max) => clip_grad_norm(&mut grads, max)?,
             None => crate::train::optim::global_norm(&grads)?,
@@ -498,10 +594,11 @@ impl Trainer {
         self.state.elapsed_secs += secs;
         Ok(LogEntry {
             step: self.state.step,
-            loss: loss_sum / accum as f64,
+            loss: loss_sum / (accum * world) as f64,
             lr,
             grad_norm,
             tokens_per_sec: tokens as f64 / secs.max(1e-9),
+            allreduce_ms,
             eval_loss: None,
             eval_score: None,
         })
@@ -560,9 +657,14 @@ impl Trainer {
                         .eval_score
                         .map(|s| format!(" | score {s:.4}"))
                         .unwrap_or_default();
+                let comm = if self.comm.world_size() > 1 {
+                    format!(" | all-reduce {:.1} ms", entry.allreduce_ms)
+                } else {
+                    String::new()
+                };
                 self.log(
                     &format!(
-                        "step {step}/{} | loss {:.4} | lr {:.2e} | grad {:.2} | {:.0} tok/s | eta {:.0}s{eval}",
+                        "step {step}/{} | loss {:.4} | lr {:.2e} | grad {:.2} | {:.0} tok/s{comm} | eta {:.0}s{eval}",
                         self.config.steps, entry.loss, entry.lr, entry.grad_norm, entry.tokens_per_sec, remaining
                     ),
                     entry.eval_loss.is_some() || last,
@@ -588,7 +690,7 @@ impl Trainer {
         } else {
             0.0
         };
-        if self.verbose {
+        if self.verbose && self.is_main() {
             let first = self.state.initial_eval_loss.unwrap_or(f64::NAN);
             let last = self
                 .state
@@ -612,7 +714,7 @@ impl Trainer {
 
     /// A progress line: `INFO` when `important` (evaluations, the last step), else `DEBUG`.
     fn log(&self, line: &str, important: bool) {
-        if !self.verbose {
+        if !self.verbose || !self.is_main() {
             return;
         }
         if important {

@@ -88,6 +88,15 @@ impl Stdout {
 }
 
 /// `cpu`, `cuda` or `cuda:<ordinal>` (CUDA needs the `cuda` feature).
+/// The training device for `--device`: as [`parse_device`], except that a plain `cuda`
+/// under a launcher (`mpirun`, `srun`) means this rank's GPU, `cuda:<local rank>`.
+pub fn training_device(s: &str) -> Result<Device> {
+    match (s, elmer::train::distributed::launcher_local_rank()) {
+        ("cuda", Some(local)) => Ok(Device::new_cuda(local)?),
+        _ => parse_device(s),
+    }
+}
+
 pub fn parse_device(s: &str) -> Result<Device> {
     match s {
         "cpu" => Ok(Device::Cpu),

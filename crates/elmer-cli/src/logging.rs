@@ -9,8 +9,12 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the subscriber: `RUST_LOG` when set, else info for the `elmer` targets (the
 /// library and this binary), debug with `-v`, trace with `-vv`; warnings for everything else.
+///
+/// In a data-parallel job (started by `mpirun` / `srun`), ranks other than 0 only report
+/// errors: rank 0 speaks for the job.
 pub fn init(verbose: u8) {
     let default = match verbose {
+        _ if elmer::train::distributed::launcher_rank().is_some_and(|r| r > 0) => "error",
         0 => "warn,elmer=info",
         1 => "warn,elmer=debug",
         _ => "warn,elmer=trace",

@@ -97,6 +97,11 @@ pub struct Args {
     /// and the `?`), matching only the words between them to positions.
     #[arg(long)]
     pub oaxe_fixed_ends: bool,
+    /// Train a target-length predictor (created when the checkpoint has none) with this
+    /// weight on its cross-entropy (CMLM: 0.1; 0: off). Generation then decodes each
+    /// source's predicted length (see --length), so it goes with --train-slot target.
+    #[arg(long, default_value_t = 0.0)]
+    pub length_loss: f64,
     /// Decoder slot in training: generation (the --max-len slot generation uses, the model
     /// places </s> itself) or target (each target's own length, given away by the mask).
     #[arg(long, value_enum, default_value_t = TrainSlot::Generation)]
@@ -118,6 +123,10 @@ pub struct Args {
     /// Ignore an existing checkpoint in --out.
     #[arg(long)]
     pub no_resume: bool,
+    /// Training device: cpu, cuda or cuda:<ordinal>. Under mpirun / srun, cuda means each
+    /// rank's own GPU (cuda:<local rank>), and gradients go over NCCL (feature `nccl`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     #[command(flatten)]
     pub eval: EvalOpts,
 }
@@ -229,8 +238,11 @@ fn record_usage(dir: &Path, policy: &str, max_len: usize) -> Result<()> {
 pub fn run(a: &Args) -> Result<()> {
     let task = a.task.task.task();
     let mode = FinetuneMode::parse(&a.exit).map_err(|e| e.for_argument("--exit"))?;
+    let device = io::training_device(&a.device)?;
+    // Several ranks under mpirun / srun: data-parallel (feature `mpi`, `nccl` on GPUs).
+    let comm = elmer::train::distributed::from_launcher_on(&device)?;
+    let main_rank = comm.rank() == 0;
     let (train, valid, test) = a.task.load()?;
-    let device = Device::Cpu;
     let pre_dir = elmer::checkpoint::resolve_model_dir(&a.pretrained)?;
     let tok_dir = io::tokenizer_dir(&pre_dir, None, NoTokenizer::Bart)?;
     let tok = elmer::BartTokenizer::from_dir(&tok_dir)?;
@@ -250,6 +262,18 @@ pub fn run(a: &Args) -> Result<()> {
     }
     if mode.uses_soft_exit() && params.ensure_concat_head(a.task.seed, 0.02)? {
         tracing::info!("initialised concat_head (N(0, 0.02))");
+    }
+    if a.length_loss > 0.0 {
+        if a.train_slot == TrainSlot::Generation {
+            return Err(elmer::Error::invalid_arg(
+                "--length-loss",
+                "a length predictor goes with --train-slot target (the decoder must learn to \
+                 read the length off the slot it is given)",
+            ));
+        }
+        if params.ensure_length_head(a.task.seed, 0.02)? {
+            tracing::info!("initialised length_head (N(0, 0.02), bias 0)");
+        }
     }
     let max_len = a.task.max_len.unwrap_or(task.max_len);
     let max_src = a
@@ -288,6 +312,8 @@ pub fn run(a: &Args) -> Result<()> {
     .with_order_agnostic(a.oaxe)
     .map_err(|e| e.for_argument("--oaxe"))?
     .with_order_agnostic_fixed_ends(a.oaxe_fixed_ends)
+    .with_length_loss(a.length_loss)
+    .map_err(|e| e.for_argument("--length-loss"))?
     .with_generation_slot(match a.train_slot {
         TrainSlot::Generation => Some(max_len),
         TrainSlot::Target => None,
@@ -316,13 +342,22 @@ pub fn run(a: &Args) -> Result<()> {
         ..TrainConfig::default()
     };
     // In the run directory, so that every checkpoint-N/ of the run finds its tokenizer.
-    io::copy_tokenizer(&tok_dir, &out)?;
+    if main_rank {
+        io::copy_tokenizer(&tok_dir, &out)?;
+    }
     let mut trainer = Trainer::new(params, tc)?;
+    super::log_data_parallel(comm.as_ref(), a.batch_size, a.grad_accum);
+    trainer.set_collective(comm);
     if !a.no_resume {
         let r = trainer.resume()?;
         if r > 0 {
             tracing::info!("resumed from step {r}");
         }
+    }
+    if !main_rank {
+        // The other ranks only train: rank 0 validates, writes, chooses and evaluates.
+        trainer.run_until(&obj, a.stop_at.unwrap_or(a.steps))?;
+        return Ok(());
     }
     let bar = progress::attach_train_bar(&mut trainer, "fine-tuning");
     let summary = trainer.run_until(&obj, a.stop_at.unwrap_or(a.steps))?;

@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
 use elmer::train::CorruptionConfig;
 use elmer::train::Params;
 use elmer::train::{
@@ -92,6 +91,10 @@ pub struct Args {
     /// Ignore an existing checkpoint in --out.
     #[arg(long)]
     pub no_resume: bool,
+    /// Training device: cpu, cuda or cuda:<ordinal>. Under mpirun / srun, cuda means each
+    /// rank's own GPU (cuda:<local rank>), and gradients go over NCCL (feature `nccl`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 pub fn run(a: &Args) -> Result<()> {
@@ -105,7 +108,10 @@ pub fn run(a: &Args) -> Result<()> {
         }
         c => c.to_vec(),
     };
-    let device = Device::Cpu;
+    let device = io::training_device(&a.device)?;
+    // Several ranks under mpirun / srun: data-parallel (feature `mpi`, `nccl` on GPUs).
+    let comm = elmer::train::distributed::from_launcher_on(&device)?;
+    let main_rank = comm.rank() == 0;
     let tok = BartTokenizer::from_dir(&a.tokenizer)?;
     let mut texts = Vec::new();
     for c in &corpus {
@@ -172,11 +178,20 @@ pub fn run(a: &Args) -> Result<()> {
         ..TrainConfig::default()
     };
     // In the run directory, so that every checkpoint-N/ of the run finds its tokenizer.
-    io::copy_tokenizer(&a.tokenizer, &a.out)?;
+    if main_rank {
+        io::copy_tokenizer(&a.tokenizer, &a.out)?;
+    }
     let mut trainer = Trainer::new(params, tc)?;
+    super::log_data_parallel(comm.as_ref(), a.batch_size, a.grad_accum);
+    trainer.set_collective(comm);
     let resumed = if a.no_resume { 0 } else { trainer.resume()? };
     if resumed > 0 {
         tracing::info!("resumed from step {resumed}");
+    }
+    if !main_rank {
+        // The other ranks only train: rank 0 validates, writes and reports.
+        trainer.run_until(&obj, a.stop_at.unwrap_or(a.steps))?;
+        return Ok(());
     }
     let before = obj.reconstruction_accuracy(trainer.model())?;
     let bar = progress::attach_train_bar(&mut trainer, "pre-training");
