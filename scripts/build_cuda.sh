@@ -5,6 +5,8 @@
 #
 #   scripts/build_cuda.sh                 # CUDA 13.2 packages, compute capability 90 (H100/H200)
 #   CUDA_COMPUTE_CAP=80 scripts/build_cuda.sh
+#   FEATURES=nccl scripts/build_cuda.sh   # also data-parallel training over NCCL (links PyPI's
+#                                         # libnccl 2.30; needs Open MPI + libclang, see .ci/run)
 #
 # What it does (each step was needed on 2026-11-26):
 # 1. pip installs nvcc with a matching nvvm/crt (nvcc 13.2 with nvvm 13.5 emits PTX 9.5, which
@@ -26,6 +28,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+FEATURES="${FEATURES:-cuda}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target-cuda}"
 LINK="${LINK:-$CARGO_TARGET_DIR/cuda-link}"
 
@@ -36,6 +39,13 @@ export PATH="$NV/bin:$PATH" CUDA_ROOT="$NV" CUDA_PATH="$NV" CUDA_HOME="$NV"
 nvcc --version | tail -1
 
 mkdir -p "$LINK/run"
+if [[ "$FEATURES" == *nccl* ]]; then
+  # cudarc's NCCL bindings (API 2.30) link libnccl; at run time the GPU machine's (or this
+  # package's) libnccl.so.2 is loaded.
+  python3 -m pip install -q "nvidia-nccl-cu13==2.30.*"
+  NCCL="$(python3 -c 'import nvidia.nccl, os; print(list(nvidia.nccl.__path__)[0])')"
+  ln -sf "$NCCL/lib/libnccl.so.2" "$LINK/libnccl.so"
+fi
 for lib in cudart cublas cublasLt curand nvrtc; do
   f="$(ls "$NV"/lib/lib$lib.so.* 2>/dev/null | head -1 || true)"
   [ -n "$f" ] && ln -sf "$f" "$LINK/lib$lib.so"
@@ -44,7 +54,7 @@ done
 # The library first: this compiles candle's CUDA kernels and cudarc's bindings (the same
 # RUSTFLAGS for both builds, so the second reuses the first).
 export RUSTFLAGS="-L $LINK"
-cargo build --release --features cuda
+cargo build --release --features "$FEATURES"
 
 # Stub driver library from the driver symbols cudarc's and candle's objects reference.
 for f in "$CARGO_TARGET_DIR"/release/deps/libcudarc-*.rlib "$CARGO_TARGET_DIR"/release/deps/libcandle_core-*.rlib; do
@@ -54,5 +64,5 @@ gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$LINK/libcuda.so" "$LINK/stub.c"
 ln -sf "$LINK/libcuda.so" "$LINK/run/libcuda.so.1"
 
 # Every workspace crate with `cuda` (the library and the `elmer` binary of crates/elmer-cli).
-cargo build --release --features cuda --tests --benches --bins
+cargo build --release --features "$FEATURES" --tests --benches --bins
 echo "built into $CARGO_TARGET_DIR/release (stub driver for local runs: $LINK/run)"

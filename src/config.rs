@@ -16,7 +16,9 @@
 //!   `"hard:<threshold>"` with the threshold chosen on validation data), used by generation
 //!   when the caller names none;
 //! - `elmer_max_len`: the output slot length (tokens) the model was fine-tuned with, the
-//!   default slot of `elmer generate`.
+//!   default slot of `elmer generate`;
+//! - `elmer_length_offset`: for a model with a length head, tokens added to every predicted
+//!   length when generating (chosen on validation data by `elmer finetune`; default 0).
 
 use std::path::Path;
 
@@ -248,6 +250,10 @@ pub struct ElmerConfig {
     /// default `max_len` in `elmer generate`); at most `max_position_embeddings`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub elmer_max_len: Option<usize>,
+    /// ELMER: tokens added to every predicted target length when the model's length head sets
+    /// the slot (chosen on validation data; `None`: 0). Within +-`max_position_embeddings`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elmer_length_offset: Option<i64>,
 
     /// Every other field of the JSON file, kept for a lossless round trip.
     #[serde(flatten)]
@@ -468,6 +474,17 @@ impl ElmerConfig {
                     "elmer_max_len",
                     format!(
                         "{t} is not in 1..={} (max_position_embeddings)",
+                        self.max_position_embeddings
+                    ),
+                ));
+            }
+        }
+        if let Some(o) = self.elmer_length_offset {
+            if o.unsigned_abs() as usize > self.max_position_embeddings {
+                return Err(Error::config(
+                    "elmer_length_offset",
+                    format!(
+                        "{o} is beyond +-{} (max_position_embeddings)",
                         self.max_position_embeddings
                     ),
                 ));

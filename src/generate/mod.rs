@@ -39,9 +39,10 @@ pub enum TargetLength {
     /// and its output ends at the first `</s>`.
     Slot,
     /// The model's length head predicts each source's slot length T in `2..=max_len`
-    /// ([`ElmerModel::predict_lengths`]); the decoder attends only those T positions, and the
-    /// output is read from the first T - 1 (position T - 1 is the `</s>` position), up to
-    /// the first `</s>` there. Needs a length head.
+    /// ([`ElmerModel::predict_lengths`], plus [`GenerationConfig::length_offset`]); the
+    /// decoder attends only those T positions, and the output is read from the first T - 1
+    /// (position T - 1 is the `</s>` position), up to the first `</s>` there. Needs a
+    /// length head.
     Predicted,
 }
 
@@ -68,6 +69,10 @@ pub struct GenerationConfig {
     pub max_batch_tokens: usize,
     /// Full slot or predicted length per source; default [`TargetLength::Auto`].
     pub length: TargetLength,
+    /// Tokens added to every predicted length (then kept in `2..=max_len`); `None`: the
+    /// model's recorded `elmer_length_offset` (chosen on validation data), else 0. Unused
+    /// with the full slot.
+    pub length_offset: Option<i64>,
 }
 
 impl Default for GenerationConfig {
@@ -80,6 +85,7 @@ impl Default for GenerationConfig {
             collapse_repeats: false,
             max_batch_tokens: 2048,
             length: TargetLength::Auto,
+            length_offset: None,
         }
     }
 }
@@ -124,6 +130,7 @@ pub struct Generator<'a> {
     config: GenerationConfig,
     policy: ExitPolicy,
     predict_length: bool,
+    length_offset: i64,
     stats: ExitStats,
 }
 
@@ -186,6 +193,10 @@ impl<'a> Generator<'a> {
             }
             TargetLength::Predicted => true,
         };
+        let length_offset = config
+            .length_offset
+            .or(model.config().elmer_length_offset)
+            .unwrap_or(0);
         Ok(Self {
             stats: ExitStats::new(model.num_decoder_layers()),
             model,
@@ -193,6 +204,7 @@ impl<'a> Generator<'a> {
             config,
             policy,
             predict_length,
+            length_offset,
         })
     }
 
@@ -217,6 +229,11 @@ impl<'a> Generator<'a> {
     /// [`TargetLength`]).
     pub fn predicts_length(&self) -> bool {
         self.predict_length
+    }
+
+    /// Tokens added to every predicted length (see [`GenerationConfig::length_offset`]).
+    pub fn length_offset(&self) -> i64 {
+        self.length_offset
     }
 
     /// Exit statistics of everything generated so far.
@@ -360,7 +377,14 @@ impl<'a> Generator<'a> {
         let (ids, mask) = padded.to_tensors(dev)?;
         let enc = model.encode(&ids, Some(&mask))?;
         let (out, lengths) = if self.predict_length {
-            let lengths = model.predict_lengths(&enc, self.config.max_len)?;
+            let max = self.config.max_len;
+            let lengths: Vec<usize> = model
+                .predict_lengths(&enc, max)?
+                .into_iter()
+                .map(|n| {
+                    (n as i64 + self.length_offset).clamp(2.min(max as i64), max as i64) as usize
+                })
+                .collect();
             let (slot, keep) = model.slot_input_with_lengths(&lengths)?;
             let opts = DecodeOptions::new(self.policy.clone());
             (

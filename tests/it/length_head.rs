@@ -189,6 +189,58 @@ fn generation_decodes_each_predicted_slot() {
         assert_eq!(g.ids, row[..end].to_vec());
         assert_eq!(g.ended, row[..5].contains(&2));
     }
+    // An offset shifts every slot (kept in 2..=max_len), and the recorded one is the default.
+    for (offset, slot_len) in [(2i64, 7usize), (-10, 2), (40, 12)] {
+        let cfg_off = GenerationConfig {
+            length_offset: Some(offset),
+            ..cfg.clone()
+        };
+        let mut g = Generator::new(&model, cfg_off).unwrap();
+        assert_eq!(g.length_offset(), offset);
+        let outs = g.generate_ids(&srcs).unwrap();
+        let (slot, keep) = model.slot_input_with_lengths(&[slot_len; 7]).unwrap();
+        let by_hand = model
+            .decode(
+                &enc,
+                &slot,
+                Some(&keep),
+                &DecodeOptions::new(ExitPolicy::LastLayer),
+            )
+            .unwrap()
+            .ids
+            .to_vec2::<u32>()
+            .unwrap();
+        for (g, row) in outs.iter().zip(&by_hand) {
+            let end = row[..slot_len]
+                .iter()
+                .position(|&t| t == 2)
+                .unwrap_or(slot_len - 1);
+            assert_eq!(g.ids, row[..end].to_vec(), "offset {offset}");
+        }
+    }
+    let (cfg_rec, w, _) =
+        elmer::checkpoint::load_dir(model_dir("cg"), &elmer::LoadOptions::default()).unwrap();
+    let mut with_head = w.map().clone();
+    let n = cfg_rec.max_position_embeddings + 1;
+    with_head.insert(
+        "length_head.weight".into(),
+        Tensor::zeros((n, cfg_rec.d_model), DType::F32, &Device::Cpu).unwrap(),
+    );
+    with_head.insert(
+        "length_head.bias".into(),
+        Tensor::zeros(n, DType::F32, &Device::Cpu).unwrap(),
+    );
+    let mut recorded = cfg_rec.clone();
+    recorded.elmer_length_offset = Some(3);
+    let m = ElmerModel::from_weights(
+        recorded.clone(),
+        &elmer::checkpoint::Weights::new(with_head),
+    )
+    .unwrap();
+    assert_eq!(Generator::new(&m, cfg.clone()).unwrap().length_offset(), 3);
+    recorded.elmer_length_offset = Some(-(n as i64) - 5);
+    let e = recorded.validate().unwrap_err();
+    assert!(e.to_string().contains("elmer_length_offset"), "{e}");
     // The full slot gives different work: outputs may run to 12 tokens.
     let slot_cfg = GenerationConfig {
         length: TargetLength::Slot,

@@ -12,6 +12,7 @@ mod io;
 mod logging;
 mod progress;
 mod tasks;
+mod threads;
 
 use std::process::ExitCode;
 
@@ -118,6 +119,7 @@ enum Command {
 
 fn main() -> ExitCode {
     alloc::keep_freed_memory();
+    threads::share_cores_between_local_ranks();
     let cli = Cli::parse();
     logging::init(cli.verbose);
     let res = match &cli.command {

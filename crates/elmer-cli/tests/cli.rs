@@ -1577,3 +1577,75 @@ fn generate_streams_and_reports_truncation() {
     assert!(err.contains("input line 65 has"), "{err}");
     assert!(err.contains("1 input line(s) were longer"), "{err}");
 }
+
+// ------------------------------------------------------------------ length head
+
+#[test]
+fn finetune_with_a_length_head_records_the_offset_it_chose() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    task_data(&data);
+    let d = data.display().to_string();
+    let run = tmp.path().join("run");
+    let run_s = run.display().to_string();
+    let base = [
+        "finetune",
+        "--task",
+        "squad",
+        "--pretrained",
+        TINY,
+        "--data",
+        &d,
+        "--out",
+        &run_s,
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "2",
+        "--latency-samples",
+        "1",
+        "--length-loss",
+        "0.1",
+    ];
+    // The length head goes with the target-length slot.
+    let e = fails(elmer(&base, None));
+    assert!(
+        e.contains("--length-loss") && e.contains("--train-slot target"),
+        "{e}"
+    );
+    let mut args = base.to_vec();
+    args.extend(["--train-slot", "target"]);
+    let o = ok(elmer(&args, None));
+    let err = stderr(&o);
+    assert!(err.contains("initialised length_head"), "{err}");
+    for off in ["-2", "+0", "+6"] {
+        assert!(
+            err.contains(&format!("length offset {off}: score")),
+            "{err}"
+        );
+    }
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("best/config.json")).unwrap())
+            .unwrap();
+    let off = cfg["elmer_length_offset"].as_i64().unwrap();
+    assert!((-2..=6).contains(&off), "{cfg}");
+    assert!(
+        err.contains(&format!("recorded length offset {off:+}")),
+        "{err}"
+    );
+    // generate decodes the predicted length (plus the offset) by default; --length slot
+    // gives the full slot back; both run.
+    let best = run.join("best").display().to_string();
+    for extra in [
+        &[][..],
+        &["--length", "slot"][..],
+        &["--length-offset", "-1"][..],
+    ] {
+        let mut g = vec!["generate", "--model", &best];
+        g.extend_from_slice(extra);
+        ok(elmer(&g, Some(b"Hello world\n")));
+    }
+}

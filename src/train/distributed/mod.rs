@@ -267,6 +267,18 @@ pub fn launcher_local_rank() -> Option<usize> {
     .find_map(|k| std::env::var(k).ok()?.trim().parse::<usize>().ok())
 }
 
+/// How many ranks the launcher started on this machine (`OMPI_COMM_WORLD_LOCAL_SIZE`,
+/// `MPI_LOCALNRANKS`, `SLURM_NTASKS_PER_NODE`); `None` outside a launcher.
+pub fn launcher_local_size() -> Option<usize> {
+    [
+        "OMPI_COMM_WORLD_LOCAL_SIZE",
+        "MPI_LOCALNRANKS",
+        "SLURM_NTASKS_PER_NODE",
+    ]
+    .into_iter()
+    .find_map(|k| std::env::var(k).ok()?.trim().parse::<usize>().ok())
+}
+
 /// Like [`from_launcher`], for training on `device`: on a CUDA device with several ranks
 /// the engine is NCCL (feature `nccl`), its id shared over MPI; elsewhere MPI.
 pub fn from_launcher_on(device: &candle_core::Device) -> Result<Box<dyn Collective>> {

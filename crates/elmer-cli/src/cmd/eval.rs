@@ -83,6 +83,10 @@ pub struct EvalOpts {
     /// length head sets each source's slot).
     #[arg(long, value_enum, default_value_t = LengthArg::Auto)]
     pub length: LengthArg,
+    /// Tokens added to every predicted length (default: the model's recorded
+    /// elmer_length_offset, chosen on validation data, else 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub length_offset: Option<i64>,
 }
 
 /// `--length`.
@@ -250,6 +254,7 @@ pub fn evaluate(
             max_source_len: Some(max_src),
             collapse_repeats: false,
             length: opts.length.target_length(),
+            length_offset: opts.length_offset,
             ..GenerationConfig::default()
         };
         let (hyps, stats, latency) =

@@ -141,6 +141,7 @@ struct Validation {
     max_len: usize,
     max_src: usize,
     batch_size: usize,
+    length_offset: Option<i64>,
 }
 
 impl Validation {
@@ -151,6 +152,7 @@ impl Validation {
         max_len: usize,
         max_src: usize,
         batch_size: usize,
+        length_offset: Option<i64>,
     ) -> Self {
         Self {
             task,
@@ -160,16 +162,28 @@ impl Validation {
             max_len,
             max_src,
             batch_size,
+            length_offset,
         }
     }
 
     /// Selection score and exit fractions of `model` under `policy`.
     fn score(&self, model: &ElmerModel, policy: &ExitPolicy) -> Result<(f64, Vec<f64>)> {
+        self.score_with(model, policy, self.length_offset)
+    }
+
+    /// [`score`](Self::score) with an explicit length offset (`None`: the model's own).
+    fn score_with(
+        &self,
+        model: &ElmerModel,
+        policy: &ExitPolicy,
+        length_offset: Option<i64>,
+    ) -> Result<(f64, Vec<f64>)> {
         let cfg = GenerationConfig {
             max_len: self.max_len,
             policy: Some(policy.clone()),
             batch_size: self.batch_size,
             max_source_len: Some(self.max_src),
+            length_offset,
             ..GenerationConfig::default()
         };
         let sources: Vec<&str> = self.sources.iter().map(String::as_str).collect();
@@ -182,10 +196,25 @@ impl Validation {
         Box::new(move |model: &ElmerModel| Ok(self.score(model, &policy)?.0))
     }
 
+    /// The offset added to predicted lengths (-2..=6 tokens) with the best validation score
+    /// under `policy`, for a model with a length head.
+    fn choose_length_offset(&self, model: &ElmerModel, policy: &ExitPolicy) -> Result<i64> {
+        let mut best = (0i64, f64::NEG_INFINITY);
+        for off in -2i64..=6 {
+            let (s, _) = self.score_with(model, policy, Some(off))?;
+            tracing::info!("length offset {off:+}: score {s:.3}");
+            if s > best.1 {
+                best = (off, s);
+            }
+        }
+        Ok(best.0)
+    }
+
     /// The largest entropy threshold whose score stays within `max_loss` (a fraction) of the
     /// last layer's; `None` when none does.
     fn choose_threshold(&self, model: &ElmerModel, max_loss: f64) -> Result<Option<f64>> {
-        let (last, _) = self.score(model, &ExitPolicy::LastLayer)?;
+        // With the model's recorded length offset (chosen just before).
+        let (last, _) = self.score_with(model, &ExitPolicy::LastLayer, None)?;
         tracing::info!("threshold choice on validation: last layer score {last:.3}");
         let mut chosen = None;
         // Entropies in nats: up to ln(V), where a uniform off-ramp sits.
@@ -194,7 +223,8 @@ impl Validation {
             0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 7.0,
         ];
         for t in grid.into_iter().take_while(|&t| t < max_entropy) {
-            let (s, fractions) = self.score(model, &ExitPolicy::Hard { threshold: t })?;
+            let (s, fractions) =
+                self.score_with(model, &ExitPolicy::Hard { threshold: t }, None)?;
             let early = 1.0 - fractions.last().copied().unwrap_or(1.0);
             tracing::info!(
                 "hard:{t}: score {s:.3}, {:.1}% of tokens exit before the last layer",
@@ -238,6 +268,13 @@ fn record_usage(dir: &Path, policy: &str, max_len: usize) -> Result<()> {
 pub fn run(a: &Args) -> Result<()> {
     let task = a.task.task.task();
     let mode = FinetuneMode::parse(&a.exit).map_err(|e| e.for_argument("--exit"))?;
+    if a.length_loss > 0.0 && a.train_slot == TrainSlot::Generation {
+        return Err(elmer::Error::invalid_arg(
+            "--length-loss",
+            "a length predictor goes with --train-slot target (the decoder must learn to read \
+             the length off the slot it is given)",
+        ));
+    }
     let device = io::training_device(&a.device)?;
     // Several ranks under mpirun / srun: data-parallel (feature `mpi`, `nccl` on GPUs).
     let comm = elmer::train::distributed::from_launcher_on(&device)?;
@@ -263,17 +300,8 @@ pub fn run(a: &Args) -> Result<()> {
     if mode.uses_soft_exit() && params.ensure_concat_head(a.task.seed, 0.02)? {
         tracing::info!("initialised concat_head (N(0, 0.02))");
     }
-    if a.length_loss > 0.0 {
-        if a.train_slot == TrainSlot::Generation {
-            return Err(elmer::Error::invalid_arg(
-                "--length-loss",
-                "a length predictor goes with --train-slot target (the decoder must learn to \
-                 read the length off the slot it is given)",
-            ));
-        }
-        if params.ensure_length_head(a.task.seed, 0.02)? {
-            tracing::info!("initialised length_head (N(0, 0.02), bias 0)");
-        }
+    if a.length_loss > 0.0 && params.ensure_length_head(a.task.seed, 0.02)? {
+        tracing::info!("initialised length_head (N(0, 0.02), bias 0)");
     }
     let max_len = a.task.max_len.unwrap_or(task.max_len);
     let max_src = a
@@ -293,7 +321,17 @@ pub fn run(a: &Args) -> Result<()> {
         valid_pairs.len()
     );
     let cfg = params.config().clone();
-    let validation = Validation::new(task, &tok, &valid, max_len, max_src, a.eval.gen_batch_size);
+    // --length-offset applies to the validation text of training too (before the offset is
+    // chosen, checkpoints of a length head are judged with it).
+    let validation = Validation::new(
+        task,
+        &tok,
+        &valid,
+        max_len,
+        max_src,
+        a.eval.gen_batch_size,
+        a.eval.length_offset,
+    );
     let mut obj = FinetuneObjective::new(
         train_pairs,
         valid_pairs,
@@ -377,6 +415,23 @@ pub fn run(a: &Args) -> Result<()> {
             a.steps
         );
         return Ok(());
+    }
+    // A length head: the offset added to its predictions, chosen on validation data with
+    // the policy best/ was selected by, recorded before the threshold is chosen with it.
+    {
+        let model = io::load_dir(&best, &elmer::LoadOptions::on(Device::Cpu))?;
+        if model.has_length_head() {
+            let policy = match mode {
+                FinetuneMode::Soft { .. } | FinetuneMode::SoftAndHard { .. } => ExitPolicy::Soft,
+                FinetuneMode::Hard | FinetuneMode::Last => ExitPolicy::LastLayer,
+            };
+            let off = validation.choose_length_offset(&model, &policy)?;
+            let path = best.join("config.json");
+            let mut cfg = ElmerConfig::from_file(&path)?;
+            cfg.elmer_length_offset = Some(off);
+            cfg.save(&path)?;
+            tracing::info!("recorded length offset {off:+} in best/config.json");
+        }
     }
     let hard_policy = || -> Result<String> {
         let model = io::load_dir(&best, &elmer::LoadOptions::on(Device::Cpu))?;

@@ -49,6 +49,10 @@ pub struct Args {
     /// slot (the full --max-len slot, cut at the first </s>) or predicted.
     #[arg(long, value_enum, default_value_t = LengthArg::Auto)]
     pub length: LengthArg,
+    /// Tokens added to every predicted length (default: the model's recorded
+    /// elmer_length_offset, else 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub length_offset: Option<i64>,
 }
 
 pub fn run(a: &Args) -> Result<()> {
@@ -69,6 +73,7 @@ pub fn run(a: &Args) -> Result<()> {
         batch_size: a.batch_size,
         collapse_repeats: a.collapse_repeats,
         length: a.length.target_length(),
+        length_offset: a.length_offset,
         ..GenerationConfig::default()
     };
     let mut gen = Generator::new(&model, cfg)?.with_tokenizer(&tok);
