@@ -1,9 +1,9 @@
 //! Quickstart: questions for a few sentences from the small ELMER model that ships with the
-//! crate, `models/elmer-small-squadqg`, run with the exit policy recorded in its config (the
-//! one it was fine-tuned for: soft exit), with hard exit (a `models/elmer-small-squadqg-hard`
-//! directory with its own recorded threshold when present, else the paper's 0.5) and with
-//! the plain last layer for comparison. Prints every question with the exit layer of each token
-//! and the per-sample latency at batch 1. No download needed.
+//! crate, `models/elmer-small-squadqg`, run with the exit policy recorded in its config (hard
+//! exit at the entropy threshold chosen on validation data, each source's slot as long as its
+//! predicted length), then with soft exit and with the plain last layer for comparison.
+//! Prints every question with the exit layer of each token and the per-sample latency at
+//! batch 1. No download needed.
 //!
 //! ```text
 //! cargo run --release --example quickstart
@@ -22,13 +22,7 @@ const SENTENCES: &[&str] = &[
     "the amazon river flows through brazil , peru and colombia before reaching the atlantic ocean .",
 ];
 
-const MODELS: &[&str] = &[
-    concat!(env!("CARGO_MANIFEST_DIR"), "/models/elmer-small-squadqg"),
-    concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/models/elmer-small-squadqg-hard"
-    ),
-];
+const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/elmer-small-squadqg");
 
 fn run(dir: &str, policy: Option<ExitPolicy>) -> elmer::Result<()> {
     let model = ElmerModel::from_dir(dir, &LoadOptions::default())?;
@@ -65,22 +59,17 @@ fn run(dir: &str, policy: Option<ExitPolicy>) -> elmer::Result<()> {
 fn main() -> elmer::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dirs: Vec<&str> = if args.is_empty() {
-        // The hard-exit directory is optional.
-        MODELS
-            .iter()
-            .copied()
-            .filter(|d| std::path::Path::new(d).join("config.json").is_file())
-            .collect()
+        vec![MODEL]
     } else {
         args.iter().map(String::as_str).collect()
     };
     for dir in &dirs {
         run(dir, None)?;
     }
-    // Without a hard-exit directory beside it, hard exit at the paper's threshold.
-    if dirs.len() == 1 {
-        run(dirs[0], Some(ExitPolicy::Hard { threshold: 0.5 }))?;
+    // The first model with soft exit (when it has a concat_head) and at its last layer only.
+    let first = ElmerModel::from_dir(dirs[0], &LoadOptions::default())?;
+    if first.has_concat_head() {
+        run(dirs[0], Some(ExitPolicy::Soft))?;
     }
-    // The first model at its last layer only, for comparison.
     run(dirs[0], Some(ExitPolicy::LastLayer))
 }

@@ -1494,17 +1494,18 @@ fn output_errors_are_one_line_and_exit_1() {
                 "{args:?}: {err}"
             );
         }
-        // A reader that has gone away.
-        let mut child = Command::new(env!("CARGO_BIN_EXE_elmer"))
+        // A reader that has gone away: the pipe's read end is closed before the command
+        // starts (closing it after the spawn raced with a fast command finishing its output).
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = Command::new(env!("CARGO_BIN_EXE_elmer"))
             .args(args)
             .current_dir(root())
             .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
+            .stdout(Stdio::from(writer))
             .stderr(Stdio::piped())
-            .spawn()
+            .output()
             .unwrap();
-        drop(child.stdout.take());
-        let o = child.wait_with_output().unwrap();
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
