@@ -54,7 +54,7 @@ done
 # The library first: this compiles candle's CUDA kernels and cudarc's bindings (the same
 # RUSTFLAGS for both builds, so the second reuses the first).
 export RUSTFLAGS="-L $LINK"
-cargo build --release --features "$FEATURES"
+cargo build --release -p elmer --lib --features "$FEATURES"
 
 # Stub driver library from the driver symbols cudarc's and candle's objects reference.
 for f in "$CARGO_TARGET_DIR"/release/deps/libcudarc-*.rlib "$CARGO_TARGET_DIR"/release/deps/libcandle_core-*.rlib; do

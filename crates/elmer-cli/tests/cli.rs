@@ -1650,3 +1650,54 @@ fn finetune_with_a_length_head_records_the_offset_it_chose() {
         ok(elmer(&g, Some(b"Hello world\n")));
     }
 }
+
+#[test]
+fn a_collective_engine_the_build_lacks_is_a_one_line_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = lines_file(tmp.path(), "corpus.txt", CORPUS);
+    let out = tmp.path().join("pre").display().to_string();
+    let args: Vec<&str> = [
+        "pretrain",
+        "--corpus",
+        &corpus,
+        "--out",
+        &out,
+        "--steps",
+        "1",
+        "--init-from",
+        TINY,
+        "--tokenizer",
+        TINY,
+    ]
+    .iter()
+    .chain(TINY_PRETRAIN)
+    .copied()
+    .collect();
+    let e = fails(elmer_in(
+        &root(),
+        &[("ELMER_COLLECTIVE", "carrier-pigeon")],
+        &args,
+        None,
+    ));
+    assert!(
+        e.contains("ELMER_COLLECTIVE") && e.contains("carrier-pigeon"),
+        "{e}"
+    );
+    if !cfg!(feature = "mpi") {
+        let e = fails(elmer_in(
+            &root(),
+            &[("ELMER_COLLECTIVE", "mpi")],
+            &args,
+            None,
+        ));
+        assert!(e.contains("--features mpi"), "{e}");
+        // Several ranks announced by a launcher, no MPI in this build: refused.
+        let e = fails(elmer_in(
+            &root(),
+            &[("OMPI_COMM_WORLD_SIZE", "2")],
+            &args,
+            None,
+        ));
+        assert!(e.contains("--features mpi") && e.contains("2 ranks"), "{e}");
+    }
+}

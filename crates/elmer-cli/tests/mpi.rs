@@ -345,3 +345,17 @@ fn a_dead_or_hung_rank_fails_the_job_instead_of_hanging() {
     );
     assert!(took < Duration::from_secs(60), "{took:?}");
 }
+
+#[test]
+fn a_forced_one_rank_mpi_engine_equals_a_plain_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = corpus(tmp.path());
+    let (plain, forced) = (tmp.path().join("plain"), tmp.path().join("forced"));
+    run(0, &pretrain_args(&c, &plain, 1, 2));
+    let o = command(0, &pretrain_args(&c, &forced, 1, 2), "forced")
+        .env("ELMER_COLLECTIVE", "mpi")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    same_run(&plain, &forced, 2);
+}

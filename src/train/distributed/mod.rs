@@ -281,8 +281,53 @@ pub fn launcher_local_size() -> Option<usize> {
 
 /// Like [`from_launcher`], for training on `device`: on a CUDA device with several ranks
 /// the engine is NCCL (feature `nccl`), its id shared over MPI; elsewhere MPI.
+///
+/// `ELMER_COLLECTIVE` forces an engine even for a single rank (`nccl`, `mpi`, or `single`
+/// for none), e.g. to check that a one-rank NCCL run equals a plain one; an engine this
+/// build lacks is an error.
 pub fn from_launcher_on(device: &candle_core::Device) -> Result<Box<dyn Collective>> {
-    if device.is_cuda() && launcher_world_size().is_some_and(|(n, _)| n > 1) {
+    let several = launcher_world_size().is_some_and(|(n, _)| n > 1);
+    let forced = std::env::var("ELMER_COLLECTIVE").ok();
+    #[cfg_attr(feature = "nccl", allow(unused_variables))]
+    let missing = |name: &str, feature: &str| {
+        Error::Unsupported(format!(
+            "ELMER_COLLECTIVE={name} needs a build with `--features {feature}`"
+        ))
+    };
+    match forced.as_deref().map(str::trim) {
+        None | Some("") => {}
+        Some("single") => {
+            if several {
+                return Err(Error::invalid_arg(
+                    "ELMER_COLLECTIVE",
+                    "\"single\" with several ranks would train unrelated copies",
+                ));
+            }
+            return Ok(Box::new(SingleProcess));
+        }
+        Some("mpi") => {
+            #[cfg(feature = "mpi")]
+            return Ok(Box::new(MpiCollective::init(collective_timeout()?)?));
+            #[cfg(not(feature = "mpi"))]
+            return Err(missing("mpi", "mpi"));
+        }
+        Some("nccl") => {
+            #[cfg(feature = "nccl")]
+            {
+                let host = MpiCollective::init(collective_timeout()?)?;
+                return Ok(Box::new(NcclCollective::init(device, host)?));
+            }
+            #[cfg(not(feature = "nccl"))]
+            return Err(missing("nccl", "nccl"));
+        }
+        Some(other) => {
+            return Err(Error::invalid_arg(
+                "ELMER_COLLECTIVE",
+                format!("{other:?} is not nccl, mpi or single"),
+            ))
+        }
+    }
+    if device.is_cuda() && several {
         #[cfg(feature = "nccl")]
         {
             let host = MpiCollective::init(collective_timeout()?)?;
