@@ -185,22 +185,13 @@ impl ElmerModel {
     /// `1..=max_target_len`): row i is `[<s>, <mask> x (lengths[i] - 1)]`, then `<pad>` up to
     /// the longest, with mask 1 on its first `lengths[i]` positions; `[batch, max]` u32 each.
     pub fn slot_input_with_lengths(&self, lengths: &[usize]) -> Result<(Tensor, Tensor)> {
+        if lengths.is_empty() {
+            return Err(Error::invalid_arg("lengths", "need at least one row"));
+        }
+        for &n in lengths {
+            self.check_slot_len("lengths", n)?;
+        }
         let t = lengths.iter().copied().max().unwrap_or(0);
-        if lengths.is_empty() || lengths.contains(&0) {
-            return Err(Error::invalid_arg(
-                "lengths",
-                "need at least one row, every length at least 1",
-            ));
-        }
-        if t > self.max_target_len() {
-            return Err(Error::invalid_arg(
-                "lengths",
-                format!(
-                    "{t} exceeds the decoder position table ({})",
-                    self.max_target_len()
-                ),
-            ));
-        }
         let (bos, mask, pad) = (
             self.config.bos_token_id,
             self.config.mask_token_id(),
@@ -351,21 +342,27 @@ impl ElmerModel {
             .collect::<candle_core::Result<Vec<_>>>()?)
     }
 
-    /// The NAR decoder input for a slot of `target_len`: `[<s>, <mask>, ..., <mask>]`,
-    /// `[batch, target_len]` u32.
-    pub fn slot_input(&self, batch: usize, target_len: usize) -> Result<Tensor> {
-        if target_len == 0 {
-            return Err(Error::invalid_arg("target_len", "must be at least 1"));
+    /// A slot length `t` (argument `name`) in `1..=max_target_len`.
+    fn check_slot_len(&self, name: &str, t: usize) -> Result<()> {
+        if t == 0 {
+            return Err(Error::invalid_arg(name, "must be at least 1"));
         }
-        if target_len > self.max_target_len() {
+        if t > self.max_target_len() {
             return Err(Error::invalid_arg(
-                "target_len",
+                name,
                 format!(
-                    "{target_len} exceeds the decoder position table ({})",
+                    "{t} exceeds the decoder position table ({})",
                     self.max_target_len()
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The NAR decoder input for a slot of `target_len`: `[<s>, <mask>, ..., <mask>]`,
+    /// `[batch, target_len]` u32.
+    pub fn slot_input(&self, batch: usize, target_len: usize) -> Result<Tensor> {
+        self.check_slot_len("target_len", target_len)?;
         let mask = self.config.mask_token_id();
         let mut row = vec![mask; target_len];
         row[0] = self.config.bos_token_id;

@@ -64,3 +64,26 @@ pub fn to_u32_vec2(t: &Tensor) -> Vec<Vec<u32>> {
         .to_vec2()
         .unwrap()
 }
+
+/// A copy task over the cg fixture's vocabulary whose target length follows from the source:
+/// `n` pairs (seeded), content of `lens` tokens in 5..40, the target the content reversed.
+pub fn reversal_pairs(
+    n: usize,
+    seed: u64,
+    lens: std::ops::Range<usize>,
+) -> Vec<elmer::train::Pair> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let len = rng.random_range(lens.clone());
+            let content: Vec<u32> = (0..len).map(|_| rng.random_range(5..40)).collect();
+            let mut source = vec![0];
+            source.extend(&content);
+            source.push(2);
+            let mut labels: Vec<u32> = content.iter().rev().copied().collect();
+            labels.push(2);
+            elmer::train::Pair { source, labels }
+        })
+        .collect()
+}

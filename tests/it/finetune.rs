@@ -8,23 +8,11 @@ use elmer::train::Params;
 use elmer::train::{tokenize_pairs, FinetuneMode, FinetuneObjective, Pair};
 use elmer::train::{TrainConfig, Trainer};
 use elmer::BartTokenizer;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 /// A copy task over the cg fixture's vocabulary: the target is the source content reversed.
 fn pairs(n: usize, seed: u64) -> Vec<Pair> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| {
-            let len = rng.random_range(3..7);
-            let content: Vec<u32> = (0..len).map(|_| rng.random_range(5..40)).collect();
-            let mut source = vec![0];
-            source.extend(&content);
-            source.push(2);
-            let mut labels: Vec<u32> = content.iter().rev().copied().collect();
-            labels.push(2);
-            Pair { source, labels }
-        })
-        .collect()
+    reversal_pairs(n, seed, 3..7)
 }
 
 fn train(mode: FinetuneMode, drop_concat_head: bool) -> (f64, f64) {

@@ -152,6 +152,26 @@ fn predicted_length_is_the_argmax_over_the_masked_mean_and_ignores_padding() {
     assert!(model.predict_lengths(&enc, 0).is_err());
 }
 
+/// Ids of decoding `enc` by hand in slots of `lengths` (the rest masked), last layer.
+fn decode_masked(
+    model: &ElmerModel,
+    enc: &elmer::EncoderOutput,
+    lengths: &[usize],
+) -> Vec<Vec<u32>> {
+    let (slot, keep) = model.slot_input_with_lengths(lengths).unwrap();
+    model
+        .decode(
+            enc,
+            &slot,
+            Some(&keep),
+            &DecodeOptions::new(ExitPolicy::LastLayer),
+        )
+        .unwrap()
+        .ids
+        .to_vec2::<u32>()
+        .unwrap()
+}
+
 #[test]
 fn generation_decodes_each_predicted_slot() {
     // Bias towards length 5 for every source (weights small): slots of 5.
@@ -170,19 +190,9 @@ fn generation_decodes_each_predicted_slot() {
     let batch = PaddedBatch::new(&srcs, 1);
     let (ids, mask) = batch.to_tensors(&Device::Cpu).unwrap();
     let enc = model.encode(&ids, Some(&mask)).unwrap();
-    let (slot, keep) = model.slot_input_with_lengths(&[5; 7]).unwrap();
-    assert_eq!(slot.dims(), &[7, 5]);
-    let by_hand = model
-        .decode(
-            &enc,
-            &slot,
-            Some(&keep),
-            &DecodeOptions::new(ExitPolicy::LastLayer),
-        )
-        .unwrap()
-        .ids
-        .to_vec2::<u32>()
-        .unwrap();
+    let by_hand = decode_masked(&model, &enc, &[5; 7]);
+    assert_eq!(by_hand.len(), 7);
+    assert_eq!(by_hand[0].len(), 5);
     for (g, row) in outs.iter().zip(&by_hand) {
         assert!(g.num_tokens <= 4, "{} tokens in a slot of 5", g.num_tokens);
         let end = row[..5].iter().position(|&t| t == 2).unwrap_or(4);
@@ -198,18 +208,7 @@ fn generation_decodes_each_predicted_slot() {
         let mut g = Generator::new(&model, cfg_off).unwrap();
         assert_eq!(g.length_offset(), offset);
         let outs = g.generate_ids(&srcs).unwrap();
-        let (slot, keep) = model.slot_input_with_lengths(&[slot_len; 7]).unwrap();
-        let by_hand = model
-            .decode(
-                &enc,
-                &slot,
-                Some(&keep),
-                &DecodeOptions::new(ExitPolicy::LastLayer),
-            )
-            .unwrap()
-            .ids
-            .to_vec2::<u32>()
-            .unwrap();
+        let by_hand = decode_masked(&model, &enc, &[slot_len; 7]);
         for (g, row) in outs.iter().zip(&by_hand) {
             let end = row[..slot_len]
                 .iter()
@@ -279,21 +278,8 @@ fn generation_decodes_each_predicted_slot() {
     assert!(e.to_string().contains("length_head"), "{e}");
 }
 
-/// A copy task whose target length follows from the source: the content reversed.
 fn pairs(n: usize, seed: u64) -> Vec<Pair> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| {
-            let len = rng.random_range(2..9);
-            let content: Vec<u32> = (0..len).map(|_| rng.random_range(5..40)).collect();
-            let mut source = vec![0];
-            source.extend(&content);
-            source.push(2);
-            let mut labels: Vec<u32> = content.iter().rev().copied().collect();
-            labels.push(2);
-            Pair { source, labels }
-        })
-        .collect()
+    reversal_pairs(n, seed, 2..9)
 }
 
 fn length_accuracy(model: &ElmerModel, pairs: &[Pair]) -> f64 {

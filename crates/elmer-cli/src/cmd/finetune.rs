@@ -256,6 +256,15 @@ fn copy_model_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The policy whose validation text judges checkpoints of `mode`: soft exit when it trains
+/// soft exit, else the last layer (hard exit's threshold is chosen afterwards).
+fn selection_policy(mode: FinetuneMode) -> ExitPolicy {
+    match mode {
+        FinetuneMode::Soft { .. } | FinetuneMode::SoftAndHard { .. } => ExitPolicy::Soft,
+        FinetuneMode::Hard | FinetuneMode::Last => ExitPolicy::LastLayer,
+    }
+}
+
 /// Records the exit policy and slot in `dir/config.json`.
 fn record_usage(dir: &Path, policy: &str, max_len: usize) -> Result<()> {
     let path = dir.join("config.json");
@@ -357,11 +366,7 @@ pub fn run(a: &Args) -> Result<()> {
         TrainSlot::Target => None,
     })?;
     if a.select_by == SelectBy::Score {
-        let policy = match mode {
-            FinetuneMode::Soft { .. } | FinetuneMode::SoftAndHard { .. } => ExitPolicy::Soft,
-            FinetuneMode::Hard | FinetuneMode::Last => ExitPolicy::LastLayer,
-        };
-        obj = obj.with_validation_scorer(validation.clone().scorer(policy));
+        obj = obj.with_validation_scorer(validation.clone().scorer(selection_policy(mode)));
     }
     let out = a
         .out
@@ -421,11 +426,7 @@ pub fn run(a: &Args) -> Result<()> {
     {
         let model = io::load_dir(&best, &elmer::LoadOptions::on(Device::Cpu))?;
         if model.has_length_head() {
-            let policy = match mode {
-                FinetuneMode::Soft { .. } | FinetuneMode::SoftAndHard { .. } => ExitPolicy::Soft,
-                FinetuneMode::Hard | FinetuneMode::Last => ExitPolicy::LastLayer,
-            };
-            let off = validation.choose_length_offset(&model, &policy)?;
+            let off = validation.choose_length_offset(&model, &selection_policy(mode))?;
             let path = best.join("config.json");
             let mut cfg = ElmerConfig::from_file(&path)?;
             cfg.elmer_length_offset = Some(off);
