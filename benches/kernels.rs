@@ -17,6 +17,7 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throug
 use elmer::__bench::argmax_entropy_cols;
 use elmer::__bench::linear_few_rows;
 use elmer::__bench::{bias_act_, masked_softmax_};
+use elmer::__bench::{PackedMatrix, Precision};
 use elmer::Activation;
 
 const VOCAB: usize = 50_265;
@@ -61,6 +62,44 @@ fn kernels(c: &mut Criterion) {
         g.bench_function(format!("fc1_{rows}rows_inference_layout"), |b| {
             b.iter(|| black_box(x.matmul(&wt[0].t().unwrap()).unwrap()))
         });
+    }
+
+    // The packed-weight kernels against candle's gemm (inference layout) at decoder and
+    // encoder row counts: fc1 [rows x 768] x [768 x 3072], fc2 [rows x 3072] x [3072 x 768].
+    for (name, out, inp) in [("fc1", FFN, D), ("fc2", D, FFN)] {
+        let (_, wt) = layouts(out, inp, 1);
+        let packed: Vec<(Precision, PackedMatrix)> = [Precision::F32, Precision::Bf16]
+            .into_iter()
+            .filter_map(|p| PackedMatrix::pack(&wt[0], p).expect("pack").map(|m| (p, m)))
+            .collect();
+        for rows in [16usize, 32, 64, 128] {
+            let x = randn((rows, inp));
+            g.throughput(Throughput::Elements((2 * rows * inp * out) as u64));
+            g.bench_function(format!("{name}_{rows}rows_candle_gemm"), |b| {
+                b.iter(|| black_box(x.matmul(&wt[0].t().unwrap()).unwrap()))
+            });
+            for (p, m) in &packed {
+                g.bench_function(format!("{name}_{rows}rows_packed_{}", p.name()), |b| {
+                    b.iter(|| black_box(m.matmul(&x).unwrap()))
+                });
+            }
+        }
+    }
+    // The off-ramp projection at 32 rows: candle `W h^T` against the packed table.
+    {
+        let w = randn((VOCAB, D));
+        let h = randn((32, D));
+        g.throughput(Throughput::Elements((2 * 32 * D * VOCAB) as u64));
+        g.bench_function("offramp_32rows_candle_w_ht", |b| {
+            b.iter(|| black_box(w.matmul(&h.t().unwrap()).unwrap()))
+        });
+        for p in [Precision::F32, Precision::Bf16] {
+            if let Some(m) = PackedMatrix::pack(&w, p).expect("pack") {
+                g.bench_function(format!("offramp_32rows_packed_{}", p.name()), |b| {
+                    b.iter(|| black_box(m.matmul(&h).unwrap()))
+                });
+            }
+        }
     }
 
     // fc2 at 64 rows (a decoder slot): the layout matters most at few rows.

@@ -75,7 +75,10 @@ fn setup() -> &'static Setup {
                 v.extend((0..s - 2).map(|_| rng.random_range(4..vocab - 1)));
                 v.push(2);
             }
-            Tensor::from_vec(v, (b, s), &Device::Cpu).unwrap()
+            Tensor::from_vec(v, (b, s), &Device::Cpu)
+                .unwrap()
+                .to_device(&bench_device())
+                .unwrap()
         };
         let sources = SOURCES.iter().map(|&s| (s, src(1, s))).collect();
         let batches = BATCHES
@@ -113,14 +116,52 @@ fn base_weights() -> (ElmerConfig, HashMap<String, Tensor>) {
     (cfg, map)
 }
 
+/// `ELMER_BENCH_DTYPE`: f32 (default) or bf16 (on CPU: the mixed-precision path; on CUDA:
+/// bf16 throughout).
+fn bench_dtype() -> candle_core::DType {
+    match std::env::var("ELMER_BENCH_DTYPE").as_deref() {
+        Ok("bf16") => candle_core::DType::BF16,
+        Ok("f32") | Err(_) => candle_core::DType::F32,
+        Ok(other) => panic!("ELMER_BENCH_DTYPE={other}: f32 or bf16"),
+    }
+}
+
+/// `ELMER_BENCH_DEVICE`: cpu (default) or cuda:N (a build with the `cuda` feature).
+fn bench_device() -> Device {
+    match std::env::var("ELMER_BENCH_DEVICE").as_deref() {
+        Ok("cpu") | Ok("") | Err(_) => Device::Cpu,
+        Ok(s) => {
+            let n: usize = s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .or((s == "cuda").then_some(0))
+                .unwrap_or_else(|| panic!("ELMER_BENCH_DEVICE={s}: cpu or cuda:N"));
+            Device::new_cuda(n).unwrap_or_else(|e| panic!("ELMER_BENCH_DEVICE={s}: {e}"))
+        }
+    }
+}
+
 /// BART-base shape (d 768, 6+6 layers, 12 heads, FFN 3072, vocab 50265, 1024 positions) with
 /// N(0, 0.02) weights from a seeded `StdRng`, zero biases, unit layer-norm gains, and a
-/// `concat_head` so soft exit works.
+/// `concat_head` so soft exit works; on `ELMER_BENCH_DEVICE` in `ELMER_BENCH_DTYPE`.
 fn base_model() -> ElmerModel {
     let (cfg, map) = base_weights();
     assert!(map.contains_key("concat_head.weight"));
-    // The layout `ElmerModel::from_dir` gives loaded checkpoints.
-    let weights = Weights::new(map).into_inference_layout().unwrap();
+    // The layout `ElmerModel::from_dir` gives loaded checkpoints; ELMER_BENCH_DTYPE=bf16:
+    // the CPU mixed-precision path (dense layers and off-ramps in bf16).
+    let dev = bench_device();
+    let weights = if dev.is_cpu() {
+        Weights::new(map)
+            .into_inference_layout_with(bench_dtype())
+            .unwrap()
+    } else {
+        let dtype = bench_dtype();
+        Weights::new(
+            map.into_iter()
+                .map(|(k, t)| (k, t.to_dtype(dtype).unwrap().to_device(&dev).unwrap()))
+                .collect(),
+        )
+    };
     let model = ElmerModel::from_weights(cfg, &weights).unwrap();
     assert!(model.has_concat_head());
     model
@@ -190,7 +231,12 @@ fn benches(c: &mut Criterion) {
         g.bench_function(format!("src{src}"), |b| {
             let s = setup();
             let ids = &s.sources[&src];
-            b.iter(|| black_box(s.model.encode(ids, None).unwrap().hidden));
+            b.iter(|| {
+                let h = s.model.encode(ids, None).unwrap().hidden;
+                // A GPU runs asynchronously: wait for the work, not just its launch.
+                s.model.device().synchronize().unwrap();
+                black_box(h)
+            });
         });
         g.finish();
         for &slot in &SLOTS {
@@ -460,10 +506,10 @@ fn write_summary(load_before: &str) {
         candle_core::utils::get_num_threads()
     ));
     let summary = serde_json::json!({
-        "device": "cpu",
+        "device": format!("{:?}", bench_device().location()),
         "dtype": "f32",
         "threads": candle_core::utils::get_num_threads(),
-        "model": "BART-base shape (d 768, 6+6 layers, 12 heads, ffn 3072, vocab 50265), random N(0, 0.02)",
+        "model": format!("BART-base shape (d 768, 6+6 layers, 12 heads, ffn 3072, vocab 50265), random N(0, 0.02), weights {:?}", bench_dtype()),
         "fixed_exit_fractions": EXIT_FRACTIONS,
         "loadavg_before": load_before,
         "loadavg_after": load_after,

@@ -89,12 +89,13 @@ class ElmerNar:
     def context(self, input_ids, slot):
         enc = self.bart.encoder(input_ids=input_ids).last_hidden_state
         b = input_ids.shape[0]
-        dec_ids = torch.full((b, slot), self.mask_id, dtype=torch.int64)
+        dev = input_ids.device
+        dec_ids = torch.full((b, slot), self.mask_id, dtype=torch.int64, device=dev)
         dec_ids[:, 0] = BOS
         dec = self.bart.decoder
         h0 = dec.layernorm_embedding(dec.embed_tokens(dec_ids) + dec.embed_positions(dec_ids))
         # explicit additive zero mask: bidirectional (no mask would mean causal under SDPA)
-        self_mask = torch.zeros((b, 1, slot, slot), dtype=h0.dtype)
+        self_mask = torch.zeros((b, 1, slot, slot), dtype=h0.dtype, device=dev)
         return dict(enc=enc, h0=h0, self_mask=self_mask)
 
     def layer(self, i, h, ctx):
@@ -125,8 +126,8 @@ class ElmerNar:
         h = ctx["h0"]
         b, t = h.shape[:2]
         L = len(self.layers)
-        active = torch.ones(b, t, dtype=torch.bool)
-        ids = torch.zeros(b, t, dtype=torch.int64)
+        active = torch.ones(b, t, dtype=torch.bool, device=h.device)
+        ids = torch.zeros(b, t, dtype=torch.int64, device=h.device)
         for i in range(L):
             h = torch.where(active[..., None], self.layer(i, h, ctx), h)
             logits = self.offramp(h)
@@ -141,12 +142,19 @@ class ElmerNar:
         return ids
 
 
+def sync():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def median_ms(fn, repeats):
     fn()  # warm-up
+    sync()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
+        sync()  # a GPU runs asynchronously: time the work, not its launch
         times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times), times
 
@@ -207,6 +215,8 @@ def main():
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"],
                     help="transformers attention implementation (default: sdpa, its default)")
     ap.add_argument("--only", default="", help="run only case ids containing this substring")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu or cuda[:N] (float32; TF32 off so the numbers compare with the crate)")
     ap.add_argument("--rust-summary", default=os.path.join(ROOT, "target", "elmer-bench-summary.json"))
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "pytorch-bench-summary.json"))
     ap.add_argument("--memory", action="store_true",
@@ -219,12 +229,16 @@ def main():
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     load_before = loadavg()
     t0 = time.perf_counter()
-    model = BartForConditionalGeneration(base_config(args.attn)).eval()
+    model = BartForConditionalGeneration(base_config(args.attn)).eval().to(device)
     model.generation_config.forced_eos_token_id = None
     model.generation_config.forced_bos_token_id = None
-    concat_head = torch.nn.Linear(2 * 768, 768, bias=False).eval()
+    concat_head = torch.nn.Linear(2 * 768, 768, bias=False).eval().to(device)
     el = ElmerNar(model, concat_head)
     print(f"built model in {time.perf_counter() - t0:.1f} s; torch {torch.__version__}, "
           f"transformers {transformers.__version__}, threads {torch.get_num_threads()}, attn {args.attn}")
@@ -234,7 +248,7 @@ def main():
     for s in SOURCES:
         ids = torch.randint(4, 50264, (1, s), generator=g, dtype=torch.int64)
         ids[0, 0], ids[0, -1] = BOS, EOS
-        sources[s] = ids
+        sources[s] = ids.to(device)
 
     def ar(ids, slot):
         gc = GenerationConfig(
@@ -312,6 +326,7 @@ def main():
     summary = {
         "torch": torch.__version__, "transformers": transformers.__version__,
         "threads": torch.get_num_threads(), "attn_implementation": args.attn,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "repeats": args.repeats, "cpu": cpu,
         "loadavg_before": load_before, "loadavg_after": loadavg(),
         "cases": results,

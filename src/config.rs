@@ -18,7 +18,10 @@
 //! - `elmer_max_len`: the output slot length (tokens) the model was fine-tuned with, the
 //!   default slot of `elmer generate`;
 //! - `elmer_length_offset`: for a model with a length head, tokens added to every predicted
-//!   length when generating (chosen on validation data by `elmer finetune`; default 0).
+//!   length when generating (chosen on validation data by `elmer finetune`; default 0);
+//! - `elmer_length_candidates`: for a model with a length head, how many of its most likely
+//!   lengths generation decodes per source, keeping the most probable output (a length beam;
+//!   default 1).
 
 use std::path::Path;
 
@@ -254,6 +257,10 @@ pub struct ElmerConfig {
     /// the slot (chosen on validation data; `None`: 0). Within +-`max_position_embeddings`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub elmer_length_offset: Option<i64>,
+    /// ELMER: length candidates per source when the length head sets the slot (a length beam
+    /// chosen on validation data; `None`: 1). In `1..=max_position_embeddings`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elmer_length_candidates: Option<usize>,
 
     /// Every other field of the JSON file, kept for a lossless round trip.
     #[serde(flatten)]
@@ -485,6 +492,17 @@ impl ElmerConfig {
                     "elmer_length_offset",
                     format!(
                         "{o} is beyond +-{} (max_position_embeddings)",
+                        self.max_position_embeddings
+                    ),
+                ));
+            }
+        }
+        if let Some(k) = self.elmer_length_candidates {
+            if k == 0 || k > self.max_position_embeddings {
+                return Err(Error::config(
+                    "elmer_length_candidates",
+                    format!(
+                        "{k} is not in 1..={} (max_position_embeddings)",
                         self.max_position_embeddings
                     ),
                 ));

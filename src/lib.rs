@@ -77,4 +77,5 @@ pub mod __bench {
     pub use crate::ops::argmax_entropy::argmax_entropy_cols;
     pub use crate::ops::fused::{bias_act_, masked_softmax_};
     pub use crate::ops::gemv::linear_few_rows;
+    pub use crate::ops::packed::{PackedMatrix, Precision};
 }

@@ -13,6 +13,7 @@ use crate::config::ElmerConfig;
 use crate::error::{Error, Result};
 use crate::model::ElmerModel;
 use crate::model_dir::ModelDir;
+use crate::ops::packed::Precision;
 
 /// Weight file format found in a checkpoint directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +67,11 @@ pub struct LoadReport {
 pub struct LoadOptions {
     /// Device to place the weights on.
     pub device: Device,
-    /// Compute dtype; `None` means f32 (f16/bf16 weights are converted).
+    /// Compute dtype; `None` means f32 (f16/bf16 weights are converted). On CPU,
+    /// `Some(DType::BF16)` (with [`crate::ElmerModel::from_dir`]) is mixed precision: the
+    /// dense layers and the off-ramps' vocabulary projection are stored in bf16 and run on
+    /// AVX512_BF16 dot products (activations rounded to bf16 per product, sums and all other
+    /// work in f32); a CPU without AVX512_BF16 gets [`Error::Unsupported`].
     pub dtype: Option<DType>,
     /// Refuse checkpoints with tensors the model does not use.
     pub strict: bool,
@@ -88,6 +93,13 @@ impl Default for LoadOptions {
 }
 
 impl LoadOptions {
+    /// Whether this CPU runs bf16 inference (`dtype: Some(DType::BF16)` on CPU): it has
+    /// AVX-512F and AVX512_BF16 (checked at run time) and `ELMER_CPU_KERNELS` is not
+    /// `portable`.
+    pub fn cpu_bf16_supported() -> bool {
+        crate::ops::packed::available(Precision::Bf16)
+    }
+
     /// Default options on `device`.
     pub fn on(device: Device) -> Self {
         Self {
@@ -110,7 +122,9 @@ pub fn load_dir(
     let dtype = opts.dtype.unwrap_or(DType::F32);
     if opts.device.is_cpu() && dtype == DType::BF16 {
         return Err(Error::Unsupported(
-            "bf16 compute on CPU (candle has no CPU bf16 matmul); load as f32".into(),
+            "bf16 tensors on CPU (candle has no CPU bf16 matmul): load f32 weights, or use \
+             ElmerModel::from_dir with dtype bf16 for mixed-precision inference"
+                .into(),
         ));
     }
     let layout = if files.index.keys().any(|k| k.starts_with("model.")) {
@@ -305,8 +319,36 @@ impl ElmerModel {
         dir: impl AsRef<Path>,
         opts: &LoadOptions,
     ) -> Result<(Self, LoadReport)> {
-        let (cfg, weights, report) = load_dir(dir, opts)?;
-        let weights = weights.into_inference_layout()?;
+        // bf16 on CPU: f32 activations, the dense layers and the off-ramp projection in bf16
+        // (packed for the AVX512_BF16 kernels).
+        let cpu_bf16 = opts.device.is_cpu() && opts.dtype == Some(DType::BF16);
+        if cpu_bf16 && !crate::ops::packed::available(Precision::Bf16) {
+            return Err(Error::Unsupported(
+                if crate::ops::packed::cpu_supports(Precision::Bf16) {
+                    "bf16 inference on CPU needs the packed kernels, which \
+                 ELMER_CPU_KERNELS=portable turns off"
+                        .into()
+                } else {
+                    "bf16 inference on CPU needs AVX-512F and AVX512_BF16, which this CPU lacks; \
+                 load as f32 (the default)"
+                        .into()
+                },
+            ));
+        }
+        let load_opts = LoadOptions {
+            dtype: if cpu_bf16 {
+                Some(DType::F32)
+            } else {
+                opts.dtype
+            },
+            ..opts.clone()
+        };
+        let (cfg, weights, report) = load_dir(dir, &load_opts)?;
+        let weights = if cpu_bf16 {
+            weights.into_inference_layout_precision(Precision::Bf16)?
+        } else {
+            weights.into_inference_layout()?
+        };
         Ok((ElmerModel::from_weights(cfg, &weights)?, report))
     }
 }

@@ -1,10 +1,12 @@
 //! Named model tensors ([`Weights`]): what a checkpoint loads and what the model is built from.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::ops::packed::{PackedMatrix, Precision};
 
 /// Named model tensors, already on the model's device and dtype.
 ///
@@ -13,12 +15,32 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Default)]
 pub struct Weights {
     map: HashMap<String, Tensor>,
+    /// Matrices packed for the CPU kernels of [`crate::ops::packed`], by tensor name.
+    packed: HashMap<String, Arc<PackedMatrix>>,
+}
+
+/// Whether `name` is the weight of a dense layer `x W^T + b` of the encoder or decoder.
+fn is_dense(name: &str) -> bool {
+    name.ends_with("_proj.weight")
+        || name.ends_with(".fc1.weight")
+        || name.ends_with(".fc2.weight")
+        || name == "concat_head.weight"
+        || (name.starts_with("offramps.") && name.ends_with(".weight"))
 }
 
 impl Weights {
     /// Wraps a name -> tensor map (canonical names, see [`crate::checkpoint`]).
     pub fn new(map: HashMap<String, Tensor>) -> Self {
-        Self { map }
+        Self {
+            map,
+            packed: HashMap::new(),
+        }
+    }
+
+    /// The packed copy of the matrix called `name`, when
+    /// [`into_inference_layout`](Self::into_inference_layout) made one.
+    pub(crate) fn packed(&self, name: &str) -> Option<Arc<PackedMatrix>> {
+        self.packed.get(name).cloned()
     }
 
     /// The tensor called `name`.
@@ -44,25 +66,92 @@ impl Weights {
 
     /// Re-lays out the dense-layer weights for fast CPU inference and returns the result.
     ///
-    /// Every `*_proj.weight`, `fc1.weight`, `fc2.weight` and `concat_head.weight` (`[out, in]`)
-    /// is stored as a contiguous `[in, out]` matrix viewed as `[out, in]`: the same values
-    /// and shape, but `x W^T` then multiplies by a row-major matrix, which candle's CPU gemm
-    /// runs faster than a transposed one, most at few rows (`cargo bench --bench kernels`
-    /// measures both layouts). Memory stays the same (each matrix is copied once and the
-    /// original dropped). The vocabulary projection keeps its `[vocab, d]` layout (the
-    /// off-ramps multiply it from the left).
+    /// On a CPU with AVX-512F every `*_proj.weight`, `fc1.weight`, `fc2.weight`,
+    /// `concat_head.weight` and per-layer off-ramp (`[out, in]`) is also packed for the
+    /// kernels of the crate's small-row products (16-output-column panels, built once here);
+    /// dense layers then multiply 5 or more rows with them instead of candle's gemm. Elsewhere
+    /// (or with `ELMER_CPU_KERNELS=portable`) each is stored as a contiguous `[in, out]`
+    /// matrix viewed as `[out, in]`: the same values and shape, but `x W^T` then multiplies by
+    /// a row-major matrix, which candle's CPU gemm runs faster than a transposed one
+    /// (`cargo bench --bench kernels` measures the layouts and the packed kernels). The
+    /// vocabulary projection keeps its `[vocab, d]` layout (the off-ramps multiply it from
+    /// the left).
     ///
     /// [`crate::ElmerModel::from_dir`] does this; call it on weights you build yourself
     /// before [`crate::ElmerModel::from_weights`]. Not for training: the copies are no
     /// longer the variables an optimizer updates. A no-op on non-CPU devices.
-    pub fn into_inference_layout(mut self) -> Result<Self> {
+    pub fn into_inference_layout(self) -> Result<Self> {
+        self.into_inference_layout_precision(Precision::F32)
+    }
+
+    /// [`into_inference_layout`](Self::into_inference_layout) with the dense layers'
+    /// weights and the off-ramps' vocabulary projection stored in `dtype`: `F32`, or `BF16`
+    /// (CPU mixed precision, what `LoadOptions { dtype: Some(BF16), .. }` gives
+    /// [`crate::ElmerModel::from_dir`]: needs AVX512_BF16, see
+    /// [`crate::LoadOptions::cpu_bf16_supported`]; the dense layers' f32 originals are then
+    /// kept as bf16 tensors only). Weights must be f32.
+    pub fn into_inference_layout_with(self, dtype: DType) -> Result<Self> {
+        match dtype {
+            DType::F32 => self.into_inference_layout_precision(Precision::F32),
+            DType::BF16 => self.into_inference_layout_precision(Precision::Bf16),
+            other => Err(Error::invalid_arg(
+                "dtype",
+                format!("inference layout in {other:?}: f32 or bf16"),
+            )),
+        }
+    }
+
+    pub(crate) fn into_inference_layout_precision(mut self, precision: Precision) -> Result<Self> {
+        let packable = |t: &Tensor| {
+            t.rank() == 2 && t.device().is_cpu() && t.dtype() == DType::F32 && !t.is_variable()
+        };
+        if precision == Precision::Bf16 {
+            if !self.map.values().all(|t| t.device().is_cpu()) {
+                return Ok(self);
+            }
+            if !crate::ops::packed::cpu_supports(Precision::Bf16) {
+                return Err(Error::Unsupported(
+                    "bf16 inference on CPU needs AVX-512F and AVX512_BF16, which this CPU \
+                     lacks; load as f32 (the default)"
+                        .into(),
+                ));
+            }
+            if !crate::ops::packed::available(Precision::Bf16) {
+                return Err(Error::Unsupported(
+                    "bf16 inference on CPU needs the packed kernels, which \
+                     ELMER_CPU_KERNELS=portable turns off"
+                        .into(),
+                ));
+            }
+            // The off-ramps' vocabulary projection (the tied table stays f32 for the
+            // embeddings; an untied head is packed too).
+            for table in ["shared.weight", "lm_head.weight"] {
+                if let Some(t) = self.map.get(table) {
+                    if packable(t) {
+                        if let Some(p) = PackedMatrix::pack(t, precision)? {
+                            self.packed.insert(table.to_string(), Arc::new(p));
+                        }
+                    }
+                }
+            }
+        }
         for (name, t) in self.map.iter_mut() {
-            let dense = name.ends_with("_proj.weight")
-                || name.ends_with(".fc1.weight")
-                || name.ends_with(".fc2.weight")
-                || name == "concat_head.weight";
-            if dense && t.rank() == 2 && t.device().is_cpu() && t.is_contiguous() {
-                *t = t.t()?.contiguous()?.t()?;
+            // f32 off-ramps stay with candle's gemm (`W h^T` runs near its peak).
+            let f32_offramp = precision == Precision::F32 && name.starts_with("offramps.");
+            if !is_dense(name) || !packable(t) || f32_offramp {
+                continue;
+            }
+            match PackedMatrix::pack(t, precision)? {
+                Some(p) => {
+                    self.packed.insert(name.clone(), Arc::new(p));
+                    if precision == Precision::Bf16 {
+                        *t = t.to_dtype(DType::BF16)?;
+                    }
+                }
+                None if t.is_contiguous() && !name.starts_with("offramps.") => {
+                    *t = t.t()?.contiguous()?.t()?;
+                }
+                None => {}
             }
         }
         Ok(self)

@@ -73,6 +73,13 @@ pub struct GenerationConfig {
     /// model's recorded `elmer_length_offset` (chosen on validation data), else 0. Unused
     /// with the full slot.
     pub length_offset: Option<i64>,
+    /// Length beam (Mask-Predict's length candidates): with a predicted length, decode the
+    /// `k` most likely lengths of the length head (each plus the offset) in one batch and keep,
+    /// per source, the output with the highest mean log-probability of its tokens (including
+    /// `</s>`) at their exit layers. `None`: the model's recorded `elmer_length_candidates`,
+    /// else 1 (one length, no scoring). Costs about `k` times the decoder work. Unused with
+    /// the full slot.
+    pub length_candidates: Option<usize>,
 }
 
 impl Default for GenerationConfig {
@@ -86,6 +93,7 @@ impl Default for GenerationConfig {
             max_batch_tokens: 2048,
             length: TargetLength::Auto,
             length_offset: None,
+            length_candidates: None,
         }
     }
 }
@@ -123,6 +131,9 @@ pub fn collapse_repeated_words(text: &str) -> String {
     out.join(" ")
 }
 
+/// Per-source rows of ids or exit layers.
+type Rows = Vec<Vec<u32>>;
+
 /// Generates text with an [`ElmerModel`] (and, for text in/out, a [`BartTokenizer`]).
 pub struct Generator<'a> {
     model: &'a ElmerModel,
@@ -131,6 +142,7 @@ pub struct Generator<'a> {
     policy: ExitPolicy,
     predict_length: bool,
     length_offset: i64,
+    length_candidates: usize,
     stats: ExitStats,
 }
 
@@ -197,6 +209,16 @@ impl<'a> Generator<'a> {
             .length_offset
             .or(model.config().elmer_length_offset)
             .unwrap_or(0);
+        let length_candidates = config
+            .length_candidates
+            .or(model.config().elmer_length_candidates)
+            .unwrap_or(1);
+        if length_candidates == 0 {
+            return Err(Error::invalid_arg(
+                "length_candidates",
+                "must be at least 1",
+            ));
+        }
         Ok(Self {
             stats: ExitStats::new(model.num_decoder_layers()),
             model,
@@ -205,6 +227,7 @@ impl<'a> Generator<'a> {
             policy,
             predict_length,
             length_offset,
+            length_candidates,
         })
     }
 
@@ -229,6 +252,16 @@ impl<'a> Generator<'a> {
     /// [`TargetLength`]).
     pub fn predicts_length(&self) -> bool {
         self.predict_length
+    }
+
+    /// Predicted lengths tried per source (see [`GenerationConfig::length_candidates`]); 1
+    /// when lengths are not predicted.
+    pub fn length_candidates(&self) -> usize {
+        if self.predict_length {
+            self.length_candidates
+        } else {
+            1
+        }
     }
 
     /// Tokens added to every predicted length (see [`GenerationConfig::length_offset`]).
@@ -351,7 +384,8 @@ impl<'a> Generator<'a> {
             // or slot tokens (sorted longest first: the first source sets the padding).
             let mut rest = chunk;
             while !rest.is_empty() {
-                let longest = sources[rest[0]].len().max(self.config.max_len).max(1);
+                let slot_tokens = self.config.max_len * self.length_candidates();
+                let longest = sources[rest[0]].len().max(slot_tokens).max(1);
                 let n = (self.config.max_batch_tokens / longest).clamp(1, rest.len());
                 let (part, tail) = rest.split_at(n);
                 rest = tail;
@@ -376,31 +410,24 @@ impl<'a> Generator<'a> {
         let start = Instant::now();
         let (ids, mask) = padded.to_tensors(dev)?;
         let enc = model.encode(&ids, Some(&mask))?;
-        let (out, lengths) = if self.predict_length {
-            let max = self.config.max_len;
-            let lengths: Vec<usize> = model
-                .predict_lengths(&enc, max)?
-                .into_iter()
-                .map(|n| {
-                    (n as i64 + self.length_offset).clamp(2.min(max as i64), max as i64) as usize
-                })
-                .collect();
-            let (slot, keep) = model.slot_input_with_lengths(&lengths)?;
-            let opts = DecodeOptions::new(self.policy.clone());
-            (
-                model.decode(&enc, &slot, Some(&keep), &opts)?,
-                Some(lengths),
-            )
-        } else {
-            let out = model.decode_slot(&enc, self.config.max_len, self.policy.clone())?;
-            (out, None)
-        };
-        let out_ids: Vec<Vec<u32>> = out.ids.to_dtype(DType::U32)?.to_vec2()?;
-        let out_exits: Vec<Vec<u32>> = out.exit_layers.to_dtype(DType::U32)?.to_vec2()?;
+        // Per source: its output ids and exit layers over the slot, and the slot length
+        // (`None`: the full slot).
+        let (rows_ids, rows_exits, lengths): (Rows, Rows, Option<Vec<usize>>) =
+            if self.predict_length {
+                let (ids, exits, lengths) = self.decode_predicted(&enc)?;
+                (ids, exits, Some(lengths))
+            } else {
+                let out = model.decode_slot(&enc, self.config.max_len, self.policy.clone())?;
+                (
+                    out.ids.to_dtype(DType::U32)?.to_vec2()?,
+                    out.exit_layers.to_dtype(DType::U32)?.to_vec2()?,
+                    None,
+                )
+            };
         dev.synchronize()?;
         let latency_ms = start.elapsed().as_secs_f64() * 1000.0 / b as f64;
         let mut res = Vec::with_capacity(b);
-        for (i, (row, exits)) in out_ids.into_iter().zip(out_exits).enumerate() {
+        for (i, (row, exits)) in rows_ids.into_iter().zip(rows_exits).enumerate() {
             // Predicted length T: positions 0..T-1 hold the words, T-1 is the `</s>` position.
             let (limit, fallback) = match &lengths {
                 Some(l) => (l[i], l[i] - 1),
@@ -431,5 +458,89 @@ impl<'a> Generator<'a> {
             });
         }
         Ok(res)
+    }
+
+    /// Decodes each row of `enc` with a slot of its predicted length (plus the offset), or
+    /// with the best of its length candidates; returns per source the ids and exit layers
+    /// over its slot and the slot length.
+    fn decode_predicted(
+        &self,
+        enc: &crate::model::EncoderOutput,
+    ) -> Result<(Rows, Rows, Vec<usize>)> {
+        let model = self.model;
+        let max = self.config.max_len;
+        let eos = model.config().eos_token_id;
+        let fit = |n: usize| {
+            (n as i64 + self.length_offset).clamp(2.min(max as i64), max as i64) as usize
+        };
+        if self.length_candidates <= 1 {
+            let lengths: Vec<usize> = model
+                .predict_lengths(enc, max)?
+                .into_iter()
+                .map(fit)
+                .collect();
+            let (slot, keep) = model.slot_input_with_lengths(&lengths)?;
+            let opts = DecodeOptions::new(self.policy.clone());
+            let out = model.decode(enc, &slot, Some(&keep), &opts)?;
+            return Ok((
+                out.ids.to_dtype(DType::U32)?.to_vec2()?,
+                out.exit_layers.to_dtype(DType::U32)?.to_vec2()?,
+                lengths,
+            ));
+        }
+        // One decoder row per distinct candidate length of each source.
+        let candidates = model.predict_length_candidates(enc, max, self.length_candidates)?;
+        let mut owner: Vec<u32> = Vec::new();
+        let mut lengths: Vec<usize> = Vec::new();
+        for (i, c) in candidates.iter().enumerate() {
+            let first = lengths.len();
+            for &n in c {
+                let n = fit(n);
+                if !lengths[first..].contains(&n) {
+                    owner.push(i as u32);
+                    lengths.push(n);
+                }
+            }
+        }
+        let enc_rows = enc.select_rows(&owner)?;
+        let (slot, keep) = model.slot_input_with_lengths(&lengths)?;
+        let opts = DecodeOptions::new(self.policy.clone()).with_logits();
+        let out = model.decode(&enc_rows, &slot, Some(&keep), &opts)?;
+        let logits = out.logits.as_ref().ok_or_else(|| {
+            Error::Unsupported("the decoder returned no logits for the length beam".into())
+        })?;
+        let log_probs = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, 2)?;
+        let ids_t = out.ids.to_dtype(DType::U32)?;
+        let chosen: Vec<Vec<f32>> = log_probs
+            .gather(&ids_t.unsqueeze(2)?, 2)?
+            .squeeze(2)?
+            .to_vec2()?;
+        let ids: Vec<Vec<u32>> = ids_t.to_vec2()?;
+        let exits: Vec<Vec<u32>> = out.exit_layers.to_dtype(DType::U32)?.to_vec2()?;
+        // Mean log-probability of the tokens read (up to and including `</s>`, or the whole
+        // slot without one); the most likely length wins ties.
+        let mut best: Vec<Option<(usize, f32)>> = vec![None; candidates.len()];
+        for (r, (&i, &n)) in owner.iter().zip(&lengths).enumerate() {
+            let read = ids[r][..n]
+                .iter()
+                .position(|&id| id == eos)
+                .map_or(n, |e| e + 1);
+            let score = chosen[r][..read].iter().sum::<f32>() / read.max(1) as f32;
+            let slot = &mut best[i as usize];
+            if slot.is_none_or(|(_, s)| score > s) {
+                *slot = Some((r, score));
+            }
+        }
+        let mut out_ids = Vec::with_capacity(best.len());
+        let mut out_exits = Vec::with_capacity(best.len());
+        let mut out_lengths = Vec::with_capacity(best.len());
+        for b in best {
+            let (r, _) =
+                b.ok_or_else(|| Error::Unsupported("a source got no length candidate".into()))?;
+            out_ids.push(ids[r].clone());
+            out_exits.push(exits[r].clone());
+            out_lengths.push(lengths[r]);
+        }
+        Ok((out_ids, out_exits, out_lengths))
     }
 }

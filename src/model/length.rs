@@ -101,4 +101,42 @@ impl LengthHead {
         let best: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
         Ok(best.into_iter().map(|i| i as usize + min).collect())
     }
+
+    /// The `k` most likely lengths of each row in `min..=max`, most likely first (fewer when
+    /// the range holds fewer than `k`); ties go to the shorter length.
+    pub(crate) fn top_k(
+        &self,
+        hidden: &Tensor,
+        additive_mask: Option<&Tensor>,
+        min: usize,
+        max: usize,
+        k: usize,
+    ) -> Result<Vec<Vec<usize>>> {
+        let max = max.min(self.max_len());
+        if min == 0 || min > max {
+            return Err(Error::invalid_arg(
+                "max_len",
+                format!("length range {min}..={max} is empty"),
+            ));
+        }
+        let rows: Vec<Vec<f32>> = self
+            .logits(hidden, additive_mask)?
+            .narrow(D::Minus1, min, max - min + 1)?
+            .to_dtype(DType::F32)?
+            .to_vec2()?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let mut idx: Vec<usize> = (0..row.len()).collect();
+                // NaN logits sort last, so a broken head still yields lengths in range.
+                idx.sort_by(|&a, &b| {
+                    let (x, y) = (row[a], row[b]);
+                    y.partial_cmp(&x)
+                        .unwrap_or_else(|| x.is_nan().cmp(&y.is_nan()))
+                        .then(a.cmp(&b))
+                });
+                idx.into_iter().take(k).map(|i| i + min).collect()
+            })
+            .collect())
+    }
 }

@@ -64,6 +64,38 @@ impl EncoderOutput {
     pub fn has_cross_attention_cache(&self) -> bool {
         self.cross.is_some()
     }
+
+    /// The rows `rows` (indices into the batch, repeats allowed) as a new output, e.g. to
+    /// decode several slots per source without encoding it again.
+    pub fn select_rows(&self, rows: &[u32]) -> Result<Self> {
+        let b = self.batch_size();
+        if let Some(&bad) = rows.iter().find(|&&r| r as usize >= b) {
+            return Err(Error::invalid_arg(
+                "rows",
+                format!("row {bad} is outside the batch of {b}"),
+            ));
+        }
+        let idx = Tensor::new(rows, self.hidden.device())?;
+        let pick = |t: &Tensor| t.index_select(&idx, 0);
+        Ok(Self {
+            hidden: pick(&self.hidden)?,
+            mask: self.mask.as_ref().map(pick).transpose()?,
+            cross: self
+                .cross
+                .as_ref()
+                .map(|kvs| {
+                    kvs.iter()
+                        .map(|kv| {
+                            Ok(KeyValue {
+                                k: pick(&kv.k)?,
+                                v: pick(&kv.v)?,
+                            })
+                        })
+                        .collect::<candle_core::Result<Vec<_>>>()
+                })
+                .transpose()?,
+        })
+    }
 }
 
 /// An ELMER encoder-decoder with off-ramps, ready to run.
@@ -169,6 +201,27 @@ impl ElmerModel {
             Error::Unsupported("length prediction needs `length_head.*` in the checkpoint".into())
         })?;
         head.predict(&enc.hidden, enc.mask.as_ref(), 2.min(max_len), max_len)
+    }
+
+    /// The `k` most likely target lengths of each row of `enc` (same units and range as
+    /// [`predict_lengths`](Self::predict_lengths)), most likely first: the candidates of a
+    /// length beam (Mask-Predict's "length candidates"). Needs a length head.
+    pub fn predict_length_candidates(
+        &self,
+        enc: &EncoderOutput,
+        max_len: usize,
+        k: usize,
+    ) -> Result<Vec<Vec<usize>>> {
+        let head = self.length_head.as_ref().ok_or_else(|| {
+            Error::Unsupported("length prediction needs `length_head.*` in the checkpoint".into())
+        })?;
+        if k == 0 {
+            return Err(Error::invalid_arg(
+                "k",
+                "need at least one length candidate",
+            ));
+        }
+        head.top_k(&enc.hidden, enc.mask.as_ref(), 2.min(max_len), max_len, k)
     }
 
     /// Training helper: length logits `[batch, max_target_len + 1]` (differentiable); `None`

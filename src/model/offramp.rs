@@ -40,9 +40,15 @@ impl OffRamps {
                 .map(|i| Linear::load(w, &format!("offramps.{i}"), true))
                 .collect::<Result<Vec<_>>>()?,
         };
+        // The packed vocabulary projection (bf16 inference), under the name it was read from.
+        let table = if !cfg.tie_word_embeddings && w.get_opt("lm_head.weight").is_some() {
+            "lm_head.weight"
+        } else {
+            "shared.weight"
+        };
         Ok(Self {
             kind: cfg.elmer_offramps,
-            shared: Linear::from_tensors(shared, Some(bias)),
+            shared: Linear::from_tensors(shared, Some(bias)).with_packed(w.packed(table)),
             per_layer,
             num_layers: cfg.decoder_layers,
         })
@@ -97,6 +103,31 @@ pub fn offramp_decisions(
 ) -> Result<(Tensor, Option<Tensor>)> {
     let (w, b) = ramps.projection(layer)?;
     let rows = h.dim(0)?;
+    if let Some(p) = ramps.ramp(layer)?.packed() {
+        if h.device().is_cpu() && h.dtype() == DType::F32 && rows > 0 && !h.track_op() {
+            // Token-major `h W^T` `[rows, vocab]` from the packed table, then the row
+            // statistics (bounded: at most MAX_DECISION_ROWS rows, see below).
+            if rows <= MAX_DECISION_ROWS {
+                let hc = h.contiguous()?;
+                let hs: Vec<f32> = hc.flatten_all()?.to_vec1()?;
+                let logits = p.matmul_slice(&hs, rows);
+                let bias: Vec<f32> = b.to_dtype(DType::F32)?.to_vec1()?;
+                let (ids, ent) = crate::ops::argmax_entropy::argmax_entropy_rows(
+                    &logits,
+                    &bias,
+                    rows,
+                    with_entropy,
+                );
+                let dev = h.device();
+                let ent = if with_entropy {
+                    Some(Tensor::from_vec(ent, rows, dev)?)
+                } else {
+                    None
+                };
+                return Ok((Tensor::from_vec(ids, rows, dev)?, ent));
+            }
+        }
+    }
     if rows > MAX_DECISION_ROWS {
         // Bounded working set: `[vocab, rows]` logits for at most MAX_DECISION_ROWS tokens at
         // a time (every row's result is independent of the others).

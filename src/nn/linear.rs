@@ -1,38 +1,61 @@
-//! A dense layer `y = act(x W^T + b)` over the last dimension: the few-row kernel or
-//! candle's matmul, then bias and activation fused in place where possible.
+//! A dense layer `y = act(x W^T + b)` over the last dimension: the few-row kernel, the
+//! packed-weight kernel ([`crate::ops::packed`], when the weights were packed at load time)
+//! or candle's matmul, then bias and activation fused in place where possible.
 //!
 //! Shapes: `x` `[..., in]`, `W` `[out, in]` (either memory layout, see
 //! [`Weights::into_inference_layout`]), `b` `[out]`; result `[..., out]`.
 
-use candle_core::Tensor;
+use std::sync::Arc;
+
+use candle_core::{DType, Tensor};
 
 use crate::checkpoint::Weights;
 use crate::config::Activation;
 use crate::error::Result;
+use crate::ops::packed::{PackedMatrix, Precision};
 
 /// A dense layer `y = x W^T + b` over the last dimension.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// The weight packed for the CPU kernels (inference only).
+    packed: Option<Arc<PackedMatrix>>,
 }
 
 impl Linear {
     /// Builds from `{prefix}.weight` and, when `bias`, `{prefix}.bias`.
     pub fn load(w: &Weights, prefix: &str, bias: bool) -> Result<Self> {
+        let name = format!("{prefix}.weight");
         Ok(Self {
-            weight: w.get(&format!("{prefix}.weight"))?,
+            weight: w.get(&name)?,
             bias: if bias {
                 Some(w.get(&format!("{prefix}.bias"))?)
             } else {
                 None
             },
+            packed: w.packed(&name),
         })
     }
 
     /// Wraps tensors: `weight` `[out, in]`, `bias` `[out]`.
     pub fn from_tensors(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight,
+            bias,
+            packed: None,
+        }
+    }
+
+    /// With `packed`, the weight packed for the CPU kernels (same `[out, in]` values).
+    pub(crate) fn with_packed(mut self, packed: Option<Arc<PackedMatrix>>) -> Self {
+        self.packed = packed;
+        self
+    }
+
+    /// The packed weight, when there is one.
+    pub(crate) fn packed(&self) -> Option<&PackedMatrix> {
+        self.packed.as_deref()
     }
 
     /// The weight `[out, in]`.
@@ -66,9 +89,23 @@ impl Linear {
         let last = out_dims.len() - 1;
         out_dims[last] = self.weight.dim(0)?;
         let x2 = xs.reshape((rows, in_dim))?;
-        let y = match crate::ops::gemv::linear_few_rows(&x2, &self.weight)? {
-            Some(y) => y,
-            None => x2.matmul(&self.weight.t()?)?,
+        let packed = self
+            .packed
+            .as_deref()
+            .filter(|_| xs.device().is_cpu() && !xs.track_op() && xs.dtype() == DType::F32);
+        let y = match packed {
+            // f32 at a few rows: the streaming matrix-vector kernel reads the weights once.
+            Some(p) if p.precision() == Precision::F32 && rows <= crate::ops::gemv::MAX_ROWS => {
+                match crate::ops::gemv::linear_few_rows(&x2, &self.weight)? {
+                    Some(y) => y,
+                    None => p.matmul(&x2)?,
+                }
+            }
+            Some(p) => p.matmul(&x2)?,
+            None => match crate::ops::gemv::linear_few_rows(&x2, &self.weight)? {
+                Some(y) => y,
+                None => x2.matmul(&self.weight.t()?)?,
+            },
         };
         let y = match &self.bias {
             Some(b) if crate::ops::fused::bias_act_(&y, b, act)? => return y.reshape(out_dims),

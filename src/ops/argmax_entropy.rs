@@ -166,6 +166,97 @@ pub fn argmax_entropy_cols(
     Ok(Some((ids, ent)))
 }
 
+/// Lanes of the row reductions (independent partial sums, so the loops vectorise).
+const ROW_LANES: usize = 16;
+
+/// `(argmax, entropy)` of `softmax(x + b)` for one token-major row `x` `[vocab]`.
+#[inline(always)]
+fn row_stats_body(x: &[f32], b: &[f32], entropy: bool) -> (u32, f32) {
+    let mut lanes = [f32::NEG_INFINITY; ROW_LANES];
+    let mut xc = x.chunks_exact(ROW_LANES);
+    let mut bc = b.chunks_exact(ROW_LANES);
+    for (xs, bs) in (&mut xc).zip(&mut bc) {
+        for ((m, &xv), &bv) in lanes.iter_mut().zip(xs).zip(bs) {
+            *m = m.max(xv + bv);
+        }
+    }
+    let mut max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for (&xv, &bv) in xc.remainder().iter().zip(bc.remainder()) {
+        max = max.max(xv + bv);
+    }
+    // The first index reaching the maximum (ties: the lowest, as torch); NaN rows give 0.
+    let arg = x
+        .iter()
+        .zip(b)
+        .position(|(&xv, &bv)| xv + bv == max)
+        .unwrap_or(0) as u32;
+    if !entropy {
+        return (arg, 0.0);
+    }
+    let mut z = [0f32; ROW_LANES];
+    let mut s = [0f32; ROW_LANES];
+    let mut xc = x.chunks_exact(ROW_LANES);
+    let mut bc = b.chunks_exact(ROW_LANES);
+    for (xs, bs) in (&mut xc).zip(&mut bc) {
+        for (((zl, sl), &xv), &bv) in z.iter_mut().zip(s.iter_mut()).zip(xs).zip(bs) {
+            let d = xv + bv - max;
+            let e = exp_nonpositive(d);
+            *zl += e;
+            *sl += e * d;
+        }
+    }
+    let (mut zt, mut st) = (z.iter().sum::<f32>(), s.iter().sum::<f32>());
+    for (&xv, &bv) in xc.remainder().iter().zip(bc.remainder()) {
+        let d = xv + bv - max;
+        let e = exp_nonpositive(d);
+        zt += e;
+        st += e * d;
+    }
+    (arg, zt.ln() - st / zt)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_stats_avx2(x: &[f32], b: &[f32], entropy: bool) -> (u32, f32) {
+    row_stats_body(x, b, entropy)
+}
+
+fn row_stats(x: &[f32], b: &[f32], entropy: bool) -> (u32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports the enabled target features (checked just above).
+        return unsafe { row_stats_avx2(x, b, entropy) };
+    }
+    row_stats_body(x, b, entropy)
+}
+
+/// Per-row `argmax(logits + bias)` as `[rows]` u32 ids and (when `entropy`) the entropy in
+/// nats of `softmax(logits + bias)` as `[rows]` f32, for token-major logits `[rows, vocab]`
+/// row-major (what the packed off-ramp kernel writes) and `bias` `[vocab]`. Rows are split
+/// over rayon's pool. Ties pick the lowest index, as torch.
+pub(crate) fn argmax_entropy_rows(
+    logits: &[f32],
+    bias: &[f32],
+    rows: usize,
+    entropy: bool,
+) -> (Vec<u32>, Vec<f32>) {
+    use rayon::prelude::*;
+    let vocab = bias.len();
+    assert_eq!(logits.len(), rows * vocab, "logits are not [rows, vocab]");
+    let stats: Vec<(u32, f32)> = if rows >= 2 && rows * vocab >= 1 << 16 {
+        logits
+            .par_chunks_exact(vocab.max(1))
+            .map(|r| row_stats(r, bias, entropy))
+            .collect()
+    } else {
+        logits
+            .chunks_exact(vocab.max(1))
+            .map(|r| row_stats(r, bias, entropy))
+            .collect()
+    };
+    stats.into_iter().unzip()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +284,34 @@ mod tests {
         let (ids2, none) = argmax_entropy_cols(&xt, &b, false).unwrap().unwrap();
         assert!(none.is_none());
         assert_eq!(ids2.to_vec1::<u32>().unwrap(), want_ids);
+    }
+
+    #[test]
+    fn row_kernel_matches_composed_ops() {
+        let dev = Device::Cpu;
+        for (rows, vocab) in [(1usize, 7usize), (5, 513), (9, 4099)] {
+            let data: Vec<f32> = (0..rows * vocab)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 5.0)
+                .collect();
+            let b: Vec<f32> = (0..vocab)
+                .map(|i| ((i * 11 % 13) as f32 - 6.0) / 3.0)
+                .collect();
+            let x = Tensor::from_vec(data.clone(), (rows, vocab), &dev).unwrap();
+            let bt = Tensor::from_vec(b.clone(), vocab, &dev).unwrap();
+            let z = x.broadcast_add(&bt).unwrap();
+            let want_ids: Vec<u32> = z.argmax(D::Minus1).unwrap().to_vec1().unwrap();
+            let want_ent: Vec<f32> = crate::model::offramp::entropy(&z)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let (ids, ent) = argmax_entropy_rows(&data, &b, rows, true);
+            assert_eq!(ids, want_ids, "[{rows}, {vocab}]");
+            for (a, w) in ent.iter().zip(&want_ent) {
+                assert!((a - w).abs() < 1e-4, "entropy {a} vs {w}");
+            }
+            let (ids2, _) = argmax_entropy_rows(&data, &b, rows, false);
+            assert_eq!(ids2, want_ids);
+        }
     }
 
     #[test]

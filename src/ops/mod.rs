@@ -21,6 +21,7 @@ pub(crate) mod cpu;
 pub(crate) mod cross_entropy;
 pub(crate) mod fused;
 pub(crate) mod gemv;
+pub(crate) mod packed;
 
 /// Largest absolute elementwise difference of two same-shaped tensors (unit tests).
 #[cfg(test)]

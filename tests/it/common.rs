@@ -20,6 +20,38 @@ pub fn reference(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(&p, &Device::Cpu).expect("reference fixture")
 }
 
+/// The device of the parity tests: `ELMER_TEST_DEVICE` (`cpu`, the default, or `cuda:N` /
+/// `cuda` in a build with the `cuda` feature), so `scripts/gpu_check.sh` runs the same
+/// fixtures on a GPU.
+pub fn test_device() -> Device {
+    match std::env::var("ELMER_TEST_DEVICE").as_deref() {
+        Err(_) | Ok("") | Ok("cpu") => Device::Cpu,
+        Ok(s) => {
+            let n = match s.strip_prefix("cuda:") {
+                Some(n) => n.parse::<usize>().ok(),
+                None if s == "cuda" => Some(0),
+                None => None,
+            }
+            .unwrap_or_else(|| panic!("ELMER_TEST_DEVICE={s}: expected cpu or cuda:N"));
+            Device::new_cuda(n).unwrap_or_else(|e| panic!("ELMER_TEST_DEVICE={s}: {e}"))
+        }
+    }
+}
+
+/// `tol` on CPU; on a GPU at least 1e-3 (different reduction orders, TF32 off).
+pub fn device_tol(tol: f32) -> f32 {
+    if test_device().is_cpu() {
+        tol
+    } else {
+        tol.max(1e-3)
+    }
+}
+
+/// [`ids`] on the [`test_device`].
+pub fn dev_ids(t: &Tensor) -> Tensor {
+    ids(t).to_device(&test_device()).unwrap()
+}
+
 pub fn ids(t: &Tensor) -> Tensor {
     t.to_dtype(DType::U32).unwrap()
 }

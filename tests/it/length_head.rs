@@ -355,3 +355,170 @@ fn the_length_loss_trains_the_head() {
         "length accuracy {before} -> {after}"
     );
 }
+
+/// By hand, alone: the output ids, exit layers and slot of `src` under the length beam of
+/// `k` candidates (top-k of the head's logits in 2..=max_len, plus `offset`, distinct), keeping
+/// the highest mean log-probability over the tokens read (through `</s>`).
+fn beam_by_hand(
+    model: &ElmerModel,
+    src: &[u32],
+    max_len: usize,
+    k: usize,
+    offset: i64,
+    policy: &ExitPolicy,
+) -> (Vec<u32>, Vec<u32>, usize, bool) {
+    let ids = Tensor::new(src, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let enc = model.encode(&ids, None).unwrap();
+    let logits = model.length_logits(&enc).unwrap().unwrap();
+    let logits = &logits.to_vec2::<f32>().unwrap()[0];
+    let mut order: Vec<usize> = (2..=max_len).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    let mut lengths: Vec<usize> = Vec::new();
+    for &n in &order[..k] {
+        let n = (n as i64 + offset).clamp(2, max_len as i64) as usize;
+        if !lengths.contains(&n) {
+            lengths.push(n);
+        }
+    }
+    let mut best: Option<(f32, Vec<u32>, Vec<u32>, usize)> = None;
+    for &n in &lengths {
+        let (slot, keep) = model.slot_input_with_lengths(&[n]).unwrap();
+        let out = model
+            .decode(
+                &enc,
+                &slot,
+                Some(&keep),
+                &DecodeOptions::new(policy.clone()).with_logits(),
+            )
+            .unwrap();
+        let row = out.ids.to_vec2::<u32>().unwrap().remove(0);
+        let exits = out.exit_layers.to_vec2::<u32>().unwrap().remove(0);
+        let lg = out.logits.unwrap().to_vec3::<f32>().unwrap().remove(0);
+        let read = row[..n].iter().position(|&t| t == 2).map_or(n, |e| e + 1);
+        let mut total = 0f32;
+        for (p, &id) in lg.iter().zip(&row).take(read) {
+            let m = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = m + p.iter().map(|x| (x - m).exp()).sum::<f32>().ln();
+            total += p[id as usize] - lse;
+        }
+        let score = total / read as f32;
+        if best.as_ref().is_none_or(|b| score > b.0 + 1e-6) {
+            best = Some((score, row, exits, n));
+        }
+    }
+    let (_, row, exits, n) = best.unwrap();
+    let end = row[..n].iter().position(|&t| t == 2);
+    let m = end.unwrap_or(n - 1);
+    (row[..m].to_vec(), exits[..m].to_vec(), n, end.is_some())
+}
+
+#[test]
+fn the_length_beam_keeps_the_most_probable_candidate() {
+    let (model, _, _) = cg_with_head(|_| 0.0, 2.0);
+    let srcs = sources(5, 9);
+    let max_len = 12;
+    let batch = PaddedBatch::new(&srcs, 1);
+    let (ids, mask) = batch.to_tensors(&Device::Cpu).unwrap();
+    let enc = model.encode(&ids, Some(&mask)).unwrap();
+    // Candidates: most likely first, the first is the point prediction, all in range.
+    let cands = model.predict_length_candidates(&enc, max_len, 4).unwrap();
+    let single = model.predict_lengths(&enc, max_len).unwrap();
+    for (c, s) in cands.iter().zip(&single) {
+        assert_eq!(c.len(), 4);
+        assert_eq!(c[0], *s);
+        assert!(c.iter().all(|n| (2..=max_len).contains(n)));
+    }
+    assert!(model.predict_length_candidates(&enc, max_len, 0).is_err());
+    let mut changed = 0;
+    for policy in [ExitPolicy::LastLayer, ExitPolicy::Hard { threshold: 3.0 }] {
+        for (k, offset) in [(3usize, 0i64), (4, 2)] {
+            let cfg = GenerationConfig {
+                max_len,
+                policy: Some(policy.clone()),
+                batch_size: 4,
+                length_candidates: Some(k),
+                length_offset: Some(offset),
+                ..GenerationConfig::default()
+            };
+            let mut gen = Generator::new(&model, cfg.clone()).unwrap();
+            assert_eq!(gen.length_candidates(), k);
+            let outs = gen.generate_ids(&srcs).unwrap();
+            let mut one = Generator::new(
+                &model,
+                GenerationConfig {
+                    length_candidates: Some(1),
+                    ..cfg
+                },
+            )
+            .unwrap();
+            let plain = one.generate_ids(&srcs).unwrap();
+            for (i, (g, p)) in outs.iter().zip(&plain).enumerate() {
+                let (ids, exits, _, ended) =
+                    beam_by_hand(&model, &srcs[i], max_len, k, offset, &policy);
+                assert_eq!(g.ids, ids, "{} k {k} source {i}", policy.name());
+                assert_eq!(g.exit_layers, exits, "{} k {k} source {i}", policy.name());
+                assert_eq!(g.ended, ended);
+                assert_eq!(g.num_tokens, g.ids.len());
+                changed += usize::from(g.ids != p.ids);
+            }
+        }
+    }
+    // The beam changed some outputs (else this test could not tell it from one length).
+    assert!(changed > 0, "the length beam never chose another length");
+    // The recorded number is the default; zero is refused in the options and the config.
+    let (cfg_rec, w, _) =
+        elmer::checkpoint::load_dir(model_dir("cg"), &elmer::LoadOptions::default()).unwrap();
+    let mut recorded = cfg_rec.clone();
+    recorded.elmer_length_candidates = Some(3);
+    let m = ElmerModel::from_weights(recorded.clone(), &w).unwrap();
+    let cfg = GenerationConfig {
+        max_len,
+        ..GenerationConfig::default()
+    };
+    // Without a length head the beam has nothing to choose from: one candidate.
+    assert_eq!(
+        Generator::new(&m, cfg.clone()).unwrap().length_candidates(),
+        1
+    );
+    let n = cfg_rec.max_position_embeddings + 1;
+    let mut with_head = w.map().clone();
+    with_head.insert(
+        "length_head.weight".into(),
+        Tensor::zeros((n, cfg_rec.d_model), DType::F32, &Device::Cpu).unwrap(),
+    );
+    with_head.insert(
+        "length_head.bias".into(),
+        Tensor::zeros(n, DType::F32, &Device::Cpu).unwrap(),
+    );
+    let m = ElmerModel::from_weights(
+        recorded.clone(),
+        &elmer::checkpoint::Weights::new(with_head),
+    )
+    .unwrap();
+    assert_eq!(
+        Generator::new(&m, cfg.clone()).unwrap().length_candidates(),
+        3
+    );
+    assert_eq!(
+        Generator::new(&model, cfg.clone())
+            .unwrap()
+            .length_candidates(),
+        1
+    );
+    let zero = GenerationConfig {
+        length_candidates: Some(0),
+        ..cfg
+    };
+    let e = Generator::new(&model, zero).err().unwrap();
+    assert!(e.to_string().contains("length_candidates"), "{e}");
+    recorded.elmer_length_candidates = Some(0);
+    let e = recorded.validate().unwrap_err();
+    assert!(e.to_string().contains("elmer_length_candidates"), "{e}");
+    // Rows of an encoder output: repeats allowed, out of range refused.
+    let two = enc.select_rows(&[1, 1]).unwrap();
+    assert_eq!(two.batch_size(), 2);
+    assert!(enc.select_rows(&[9]).is_err());
+}

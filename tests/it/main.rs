@@ -14,6 +14,7 @@ mod fuzz;
 mod generate;
 mod length_head;
 mod model_parity;
+mod precision;
 mod tokenizer_parity;
 mod train_parity;
 mod trainer;

@@ -1,6 +1,7 @@
 //! The model against the PyTorch/transformers ELMER reference
 //! (`scripts/fixtures/make_model_fixtures.py`, fixtures in `tests/fixtures/model`).
-//! Logits within 1e-4 absolute, ids and exit layers exactly.
+//! Logits within 1e-4 absolute, ids and exit layers exactly. `ELMER_TEST_DEVICE=cuda:0` runs
+//! them on a GPU (logits within 1e-3; `scripts/gpu_check.sh`).
 
 use std::cell::RefCell;
 
@@ -9,10 +10,14 @@ use candle_core::{DType, Device, Tensor};
 use elmer::{DecodeOptions, ElmerModel, ExitPolicy, LoadOptions, Mode};
 use rand::SeedableRng;
 
-const TOL: f32 = 1e-4;
+/// 1e-4 on CPU, 1e-3 on a GPU (`ELMER_TEST_DEVICE`).
+fn tol() -> f32 {
+    device_tol(1e-4)
+}
 
 fn load(dir: &str) -> ElmerModel {
-    ElmerModel::from_dir(model_dir(dir), &LoadOptions::default()).expect("load fixture checkpoint")
+    ElmerModel::from_dir(model_dir(dir), &LoadOptions::on(test_device()))
+        .expect("load fixture checkpoint")
 }
 
 fn thresholds(name: &str) -> Vec<f64> {
@@ -30,15 +35,15 @@ fn thresholds(name: &str) -> Vec<f64> {
 /// Checks every output of one checkpoint against its reference.
 fn check_all(model: &ElmerModel, refname: &str, soft: bool) {
     let r = reference(refname);
-    let input = ids(&r["input_ids"]);
-    let mask = ids(&r["attention_mask"]);
-    let dec = ids(&r["decoder_input_ids"]);
+    let input = dev_ids(&r["input_ids"]);
+    let mask = dev_ids(&r["attention_mask"]);
+    let dec = dev_ids(&r["decoder_input_ids"]);
     let enc = model.encode(&input, Some(&mask)).unwrap();
     assert_close(
         &format!("{refname} encoder"),
         &enc.hidden,
         &r["encoder_hidden"],
-        TOL,
+        tol(),
     );
 
     // Last layer, with every off-ramp.
@@ -50,14 +55,14 @@ fn check_all(model: &ElmerModel, refname: &str, soft: bool) {
         &format!("{refname} last"),
         out.logits.as_ref().unwrap(),
         &r["last_logits"],
-        TOL,
+        tol(),
     );
     let ramps = Tensor::stack(out.offramp_logits.as_ref().unwrap(), 0).unwrap();
     assert_close(
         &format!("{refname} off-ramps"),
         &ramps,
         &r["offramp_logits_all"],
-        TOL,
+        tol(),
     );
     assert_eq!(
         to_u32_vec2(&out.ids),
@@ -70,14 +75,14 @@ fn check_all(model: &ElmerModel, refname: &str, soft: bool) {
         .all(|&e| e == l));
 
     // Fixed exit, sparse inference path.
-    let fixed = ids(&r["fixed_exit"]);
+    let fixed = dev_ids(&r["fixed_exit"]);
     let opts = DecodeOptions::new(ExitPolicy::Fixed(fixed.clone())).with_logits();
     let out = model.decode(&enc, &dec, None, &opts).unwrap();
     assert_close(
         &format!("{refname} fixed (sparse)"),
         out.logits.as_ref().unwrap(),
         &r["fixed_logits"],
-        TOL,
+        tol(),
     );
     assert_eq!(to_u32_vec2(&out.exit_layers), to_u32_vec2(&fixed));
     assert_eq!(
@@ -109,7 +114,7 @@ fn check_all(model: &ElmerModel, refname: &str, soft: bool) {
         &format!("{refname} fixed (dense)"),
         out.logits.as_ref().unwrap(),
         &r["fixed_logits"],
-        TOL,
+        tol(),
     );
 
     // Soft exit.
@@ -122,7 +127,7 @@ fn check_all(model: &ElmerModel, refname: &str, soft: bool) {
             &format!("{refname} soft"),
             out.logits.as_ref().unwrap(),
             &r["soft_logits"],
-            TOL,
+            tol(),
         );
         let ramps = out.offramp_logits.unwrap();
         assert_eq!(ramps.len(), l as usize);
@@ -131,7 +136,7 @@ fn check_all(model: &ElmerModel, refname: &str, soft: bool) {
             &format!("{refname} soft off-ramps"),
             &inter,
             &r["soft_offramp_logits"],
-            TOL,
+            tol(),
         );
     } else {
         let err = model
@@ -187,7 +192,7 @@ fn check_all(model: &ElmerModel, refname: &str, soft: bool) {
             &format!("{refname} hard logits {k}"),
             out.logits.as_ref().unwrap(),
             &r[&format!("hard_logits_{k}")],
-            TOL,
+            tol(),
         );
         // Without logits requested the ids and exits are the same.
         let out2 = model
@@ -225,7 +230,8 @@ fn cg_sharded_matches_reference() {
 fn bare_model_matches_reference() {
     // The directory has both formats; safetensors is preferred.
     let (model, report) =
-        ElmerModel::from_dir_with_report(model_dir("bare"), &LoadOptions::default()).unwrap();
+        ElmerModel::from_dir_with_report(model_dir("bare"), &LoadOptions::on(test_device()))
+            .unwrap();
     assert_eq!(report.layout, elmer::checkpoint::NameLayout::BareModel);
     assert_eq!(report.format, elmer::checkpoint::WeightFormat::Safetensors);
     check_all(&model, "bare", false);
@@ -237,14 +243,15 @@ fn bare_model_from_pytorch_bin_matches_reference() {
     for f in ["config.json", "pytorch_model.bin"] {
         std::fs::copy(model_dir("bare").join(f), dir.path().join(f)).unwrap();
     }
-    let model = ElmerModel::from_dir(dir.path(), &LoadOptions::default()).unwrap();
+    let model = ElmerModel::from_dir(dir.path(), &LoadOptions::on(test_device())).unwrap();
     check_all(&model, "bare", false);
 }
 
 #[test]
 fn tiny_random_bart_loads_and_matches_reference() {
     let dir = fixtures().join("tiny-random-bart");
-    let (model, report) = ElmerModel::from_dir_with_report(&dir, &LoadOptions::default()).unwrap();
+    let (model, report) =
+        ElmerModel::from_dir_with_report(&dir, &LoadOptions::on(test_device())).unwrap();
     assert_eq!(report.layout, elmer::checkpoint::NameLayout::BareModel);
     assert_eq!(report.format, elmer::checkpoint::WeightFormat::PytorchBin);
     assert!(
@@ -256,10 +263,13 @@ fn tiny_random_bart_loads_and_matches_reference() {
     assert_eq!(model.config().mask_token_id(), 4);
     let r = reference("tiny_random_bart");
     let enc = model
-        .encode(&ids(&r["input_ids"]), Some(&ids(&r["attention_mask"])))
+        .encode(
+            &dev_ids(&r["input_ids"]),
+            Some(&dev_ids(&r["attention_mask"])),
+        )
         .unwrap();
-    assert_close("tiny encoder", &enc.hidden, &r["encoder_hidden"], TOL);
-    let dec = ids(&r["decoder_input_ids"]);
+    assert_close("tiny encoder", &enc.hidden, &r["encoder_hidden"], tol());
+    let dec = dev_ids(&r["decoder_input_ids"]);
     let out = model
         .decode(
             &enc,
@@ -274,17 +284,17 @@ fn tiny_random_bart_loads_and_matches_reference() {
         "tiny last",
         out.logits.as_ref().unwrap(),
         &r["last_logits"],
-        TOL,
+        tol(),
     );
     let ramps = Tensor::stack(out.offramp_logits.as_ref().unwrap(), 0).unwrap();
-    assert_close("tiny off-ramps", &ramps, &r["offramp_logits_all"], TOL);
-    let opts = DecodeOptions::new(ExitPolicy::Fixed(ids(&r["fixed_exit"]))).with_logits();
+    assert_close("tiny off-ramps", &ramps, &r["offramp_logits_all"], tol());
+    let opts = DecodeOptions::new(ExitPolicy::Fixed(dev_ids(&r["fixed_exit"]))).with_logits();
     let out = model.decode(&enc, &dec, None, &opts).unwrap();
     assert_close(
         "tiny fixed",
         out.logits.as_ref().unwrap(),
         &r["fixed_logits"],
-        TOL,
+        tol(),
     );
 }
 
@@ -293,7 +303,7 @@ fn tiny_random_bart_loads_and_matches_reference() {
 #[test]
 fn training_path_fixed_exit_matches_reference() {
     let (mut cfg, weights, _) =
-        elmer::checkpoint::load_dir(model_dir("cg"), &LoadOptions::default()).unwrap();
+        elmer::checkpoint::load_dir(model_dir("cg"), &LoadOptions::on(test_device())).unwrap();
     cfg.dropout = 0.0;
     cfg.attention_dropout = 0.0;
     cfg.activation_dropout = 0.0;
@@ -305,20 +315,20 @@ fn training_path_fixed_exit_matches_reference() {
         let mode = Mode::Train { rng: &rng };
         let enc = model
             .encode_with_mode(
-                &ids(&r["input_ids"]),
-                Some(&ids(&r["attention_mask"])),
+                &dev_ids(&r["input_ids"]),
+                Some(&dev_ids(&r["attention_mask"])),
                 mode,
             )
             .unwrap();
-        let opts = DecodeOptions::new(ExitPolicy::Fixed(ids(&r["fixed_exit"]))).with_logits();
+        let opts = DecodeOptions::new(ExitPolicy::Fixed(dev_ids(&r["fixed_exit"]))).with_logits();
         let out = model
-            .decode_with_mode(&enc, &ids(&r["decoder_input_ids"]), None, &opts, mode)
+            .decode_with_mode(&enc, &dev_ids(&r["decoder_input_ids"]), None, &opts, mode)
             .unwrap();
         assert_close(
             "fixed (train path)",
             out.logits.as_ref().unwrap(),
             &r["fixed_logits"],
-            TOL,
+            tol(),
         );
     }
 }
@@ -328,15 +338,15 @@ fn training_path_fixed_exit_matches_reference() {
 fn padded_batch_equals_single_examples() {
     let model = load("cg");
     let r = reference("cg");
-    let input = ids(&r["input_ids"]);
-    let mask = ids(&r["attention_mask"]);
+    let input = dev_ids(&r["input_ids"]);
+    let mask = dev_ids(&r["attention_mask"]);
     let enc = model.encode(&input, Some(&mask)).unwrap();
     let th = thresholds("cg")[1];
     let policies = [
         ExitPolicy::LastLayer,
         ExitPolicy::Soft,
         ExitPolicy::Hard { threshold: th },
-        ExitPolicy::Fixed(ids(&r["fixed_exit"])),
+        ExitPolicy::Fixed(dev_ids(&r["fixed_exit"])),
     ];
     let lens: Vec<usize> = to_u32_vec2(&mask)
         .iter()
@@ -396,14 +406,17 @@ fn cached_cross_attention_gives_same_results() {
     let model = load("cg");
     let r = reference("cg");
     let mut enc = model
-        .encode(&ids(&r["input_ids"]), Some(&ids(&r["attention_mask"])))
+        .encode(
+            &dev_ids(&r["input_ids"]),
+            Some(&dev_ids(&r["attention_mask"])),
+        )
         .unwrap();
     model.cache_cross_attention(&mut enc).unwrap();
     assert!(enc.has_cross_attention_cache());
     let out = model
         .decode(
             &enc,
-            &ids(&r["decoder_input_ids"]),
+            &dev_ids(&r["decoder_input_ids"]),
             None,
             &DecodeOptions::new(ExitPolicy::Soft).with_logits(),
         )
@@ -412,7 +425,7 @@ fn cached_cross_attention_gives_same_results() {
         "soft with cache",
         out.logits.as_ref().unwrap(),
         &r["soft_logits"],
-        TOL,
+        tol(),
     );
 }
 
@@ -421,7 +434,7 @@ fn cached_cross_attention_gives_same_results() {
 fn half_precision_weights_load() {
     let r = reference("cg");
     let (_, weights, _) =
-        elmer::checkpoint::load_dir(model_dir("cg"), &LoadOptions::default()).unwrap();
+        elmer::checkpoint::load_dir(model_dir("cg"), &LoadOptions::on(test_device())).unwrap();
     for dtype in [DType::F16, DType::BF16] {
         let dir = tempfile::tempdir().unwrap();
         let mut map = std::collections::HashMap::new();
@@ -440,16 +453,19 @@ fn half_precision_weights_load() {
         )
         .unwrap();
         let (model, report) =
-            ElmerModel::from_dir_with_report(dir.path(), &LoadOptions::default()).unwrap();
+            ElmerModel::from_dir_with_report(dir.path(), &LoadOptions::on(test_device())).unwrap();
         assert_eq!(report.stored_dtype, dtype);
         assert_eq!(model.dtype(), DType::F32);
         let enc = model
-            .encode(&ids(&r["input_ids"]), Some(&ids(&r["attention_mask"])))
+            .encode(
+                &dev_ids(&r["input_ids"]),
+                Some(&dev_ids(&r["attention_mask"])),
+            )
             .unwrap();
         let out = model
             .decode(
                 &enc,
-                &ids(&r["decoder_input_ids"]),
+                &dev_ids(&r["decoder_input_ids"]),
                 None,
                 &DecodeOptions::new(ExitPolicy::LastLayer).with_logits(),
             )
@@ -469,7 +485,7 @@ fn half_precision_weights_load() {
 #[test]
 fn per_layer_offramps_equal_to_shared_reproduce_shared() {
     let (mut cfg, weights, _) =
-        elmer::checkpoint::load_dir(model_dir("cg"), &LoadOptions::default()).unwrap();
+        elmer::checkpoint::load_dir(model_dir("cg"), &LoadOptions::on(test_device())).unwrap();
     let mut map = weights.map().clone();
     let shared = map["shared.weight"].clone();
     let bias = map["final_logits_bias"].reshape(cfg.vocab_size).unwrap();
@@ -480,7 +496,7 @@ fn per_layer_offramps_equal_to_shared_reproduce_shared() {
     cfg.elmer_offramps = elmer::OffRampKind::PerLayer;
     let dir = tempfile::tempdir().unwrap();
     elmer::checkpoint::save_dir(dir.path(), &cfg, &map).unwrap();
-    let model = ElmerModel::from_dir(dir.path(), &LoadOptions::default()).unwrap();
+    let model = ElmerModel::from_dir(dir.path(), &LoadOptions::on(test_device())).unwrap();
     assert_eq!(model.config().elmer_offramps, elmer::OffRampKind::PerLayer);
     check_all(&model, "cg", true);
 }
@@ -491,7 +507,7 @@ fn per_layer_offramps_equal_to_shared_reproduce_shared() {
 #[test]
 fn fixed_exit_deferred_offramps_use_each_tokens_exit_layer() {
     let (mut cfg, weights, _) =
-        elmer::checkpoint::load_dir(model_dir("cg"), &LoadOptions::default()).unwrap();
+        elmer::checkpoint::load_dir(model_dir("cg"), &LoadOptions::on(test_device())).unwrap();
     let mut map = weights.map().clone();
     let shared = map["shared.weight"].clone();
     for i in 0..cfg.decoder_layers {
@@ -504,13 +520,16 @@ fn fixed_exit_deferred_offramps_use_each_tokens_exit_layer() {
     cfg.elmer_offramps = elmer::OffRampKind::PerLayer;
     let dir = tempfile::tempdir().unwrap();
     elmer::checkpoint::save_dir(dir.path(), &cfg, &map).unwrap();
-    let model = ElmerModel::from_dir(dir.path(), &LoadOptions::default()).unwrap();
+    let model = ElmerModel::from_dir(dir.path(), &LoadOptions::on(test_device())).unwrap();
     let r = reference("cg");
     let enc = model
-        .encode(&ids(&r["input_ids"]), Some(&ids(&r["attention_mask"])))
+        .encode(
+            &dev_ids(&r["input_ids"]),
+            Some(&dev_ids(&r["attention_mask"])),
+        )
         .unwrap();
-    let dec = ids(&r["decoder_input_ids"]);
-    let fixed = ids(&r["fixed_exit"]);
+    let dec = dev_ids(&r["decoder_input_ids"]);
+    let fixed = dev_ids(&r["fixed_exit"]);
     let with_logits = model
         .decode(
             &enc,

@@ -195,6 +195,31 @@ pub fn load_model(model: &str, opts: &LoadOptions) -> Result<(PathBuf, ElmerMode
     Ok((dir, m))
 }
 
+/// `--dtype` of the inference commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DtypeArg {
+    /// f32 weights and arithmetic.
+    #[default]
+    F32,
+    /// On CPU: the dense layers and off-ramps in bf16 (AVX512_BF16; refused without it),
+    /// the rest in f32. On CUDA: bf16 throughout.
+    Bf16,
+    /// f16 throughout (CUDA only).
+    F16,
+}
+
+/// Load options for `device` and `--dtype`.
+pub fn load_options(device: candle_core::Device, dtype: DtypeArg) -> LoadOptions {
+    LoadOptions {
+        dtype: match dtype {
+            DtypeArg::F32 => None,
+            DtypeArg::Bf16 => Some(candle_core::DType::BF16),
+            DtypeArg::F16 => Some(candle_core::DType::F16),
+        },
+        ..LoadOptions::on(device)
+    }
+}
+
 /// Loads the checkpoint directory `dir`.
 pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<ElmerModel> {
     let m = ElmerModel::from_dir(dir, opts)?;

@@ -115,6 +115,10 @@ enum Command {
     /// merges.txt (from the checkpoint, else from --tokenizer, else the BART tokenizer in
     /// assets/tokenizer/bart-base).
     Export(cmd::export::Args),
+    /// Choose again, on a task's validation split, the generation settings a model directory
+    /// records (length offset and length beam of a length head, hard-exit threshold), as
+    /// `finetune` does after training; rewrites its config.json.
+    Calibrate(cmd::calibrate::Args),
 }
 
 fn main() -> ExitCode {
@@ -133,6 +137,7 @@ fn main() -> ExitCode {
         Command::Finetune(a) => cmd::finetune::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Export(a) => cmd::export::run(a),
+        Command::Calibrate(a) => cmd::calibrate::run(a),
     };
     progress::clear();
     match res {

@@ -1618,7 +1618,7 @@ fn finetune_with_a_length_head_records_the_offset_it_chose() {
         "{e}"
     );
     let mut args = base.to_vec();
-    args.extend(["--train-slot", "target"]);
+    args.extend(["--train-slot", "target", "--length-candidates", "2"]);
     let o = ok(elmer(&args, None));
     let err = stderr(&o);
     assert!(err.contains("initialised length_head"), "{err}");
@@ -1637,6 +1637,8 @@ fn finetune_with_a_length_head_records_the_offset_it_chose() {
         err.contains(&format!("recorded length offset {off:+}")),
         "{err}"
     );
+    // The length beam the offset was chosen with is recorded too.
+    assert_eq!(cfg["elmer_length_candidates"].as_u64(), Some(2), "{cfg}");
     // generate decodes the predicted length (plus the offset) by default; --length slot
     // gives the full slot back; both run.
     let best = run.join("best").display().to_string();
@@ -1649,6 +1651,70 @@ fn finetune_with_a_length_head_records_the_offset_it_chose() {
         g.extend_from_slice(extra);
         ok(elmer(&g, Some(b"Hello world\n")));
     }
+    // calibrate chooses the settings again on the validation split, here for hard exit
+    // and one length, and rewrites config.json (the weights are untouched).
+    let copy = tmp.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for f in std::fs::read_dir(run.join("best")).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, copy.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let copy_s = copy.display().to_string();
+    let weights = std::fs::read(copy.join("model.safetensors")).unwrap();
+    let cal = [
+        "calibrate",
+        "--task",
+        "squad",
+        "--data",
+        &d,
+        "--model",
+        &copy_s,
+        "--exit",
+        "hard:1",
+        "--length-candidates",
+        "1",
+    ];
+    let o = ok(elmer(&cal, None));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        out.contains("before: exit soft") && out.contains("length candidates 2"),
+        "{out}"
+    );
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(copy.join("config.json")).unwrap()).unwrap();
+    assert!(cfg.get("elmer_length_candidates").is_none(), "{cfg}");
+    let policy = cfg["elmer_exit_policy"].as_str().unwrap();
+    assert!(policy.starts_with("hard:") || policy == "last", "{cfg}");
+    assert!(out.contains(&format!("after:  exit {policy}")), "{out}");
+    let err = stderr(&o);
+    assert!(err.contains("hard:0.1: score"), "{err}");
+    assert_eq!(
+        std::fs::read(copy.join("model.safetensors")).unwrap(),
+        weights
+    );
+    // Bad arguments are one-line errors naming the option.
+    let mut zero = cal.to_vec();
+    let n = zero.len();
+    zero[n - 1] = "0";
+    let e = fails(elmer(&zero, None));
+    assert!(e.contains("--length-candidates"), "{e}");
+    let e = fails(elmer(
+        &[
+            "calibrate",
+            "--task",
+            "squad",
+            "--data",
+            &d,
+            "--model",
+            TINY,
+            "--length-candidates",
+            "3",
+        ],
+        None,
+    ));
+    assert!(e.contains("length head"), "{e}");
 }
 
 #[test]

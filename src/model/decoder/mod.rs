@@ -64,7 +64,7 @@ impl Decoder {
             .collect::<Result<Vec<_>>>()?;
         let concat_head = w
             .get_opt("concat_head.weight")
-            .map(|t| Linear::from_tensors(t, None));
+            .map(|t| Linear::from_tensors(t, None).with_packed(w.packed("concat_head.weight")));
         Ok(Self {
             embeddings,
             layers,

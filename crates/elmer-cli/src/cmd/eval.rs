@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use elmer::data::Example;
-use elmer::{BartTokenizer, ElmerModel, ExitPolicy, LoadOptions, Result};
+use elmer::{BartTokenizer, ElmerModel, ExitPolicy, Result};
 use elmer::{ExitStats, GenerationConfig, Generator};
 
 use crate::io::{self, NoTokenizer};
@@ -87,6 +87,15 @@ pub struct EvalOpts {
     /// elmer_length_offset, chosen on validation data, else 0).
     #[arg(long, allow_hyphen_values = true)]
     pub length_offset: Option<i64>,
+    /// Length beam: decode this many of the length head's most likely lengths per source
+    /// and keep the most probable output (default: the model's recorded
+    /// elmer_length_candidates, else 1).
+    #[arg(long)]
+    pub length_candidates: Option<usize>,
+    /// Weight precision of the evaluated model on CPU: f32 or bf16 (dense layers and
+    /// off-ramps in bf16 on AVX512_BF16, the rest f32).
+    #[arg(long, value_enum, default_value_t = io::DtypeArg::F32)]
+    pub dtype: io::DtypeArg,
 }
 
 /// `--length`.
@@ -191,7 +200,7 @@ pub fn evaluate(
     test: &[Example],
 ) -> Result<()> {
     let task: &Task = t.task.task();
-    let model = io::load_dir(model_dir, &LoadOptions::on(Device::Cpu))?;
+    let model = io::load_dir(model_dir, &io::load_options(Device::Cpu, opts.dtype))?;
     let tok = io::find_tokenizer(model_dir, None, NoTokenizer::Bart)?;
     let limit = opts.limit.unwrap_or(test.len()).min(test.len());
     let test = &test[..limit];
@@ -255,6 +264,7 @@ pub fn evaluate(
             collapse_repeats: false,
             length: opts.length.target_length(),
             length_offset: opts.length_offset,
+            length_candidates: opts.length_candidates,
             ..GenerationConfig::default()
         };
         let (hyps, stats, latency) =

@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 
-use elmer::{Error, ExitPolicy, LoadOptions, Result};
+use elmer::{Error, ExitPolicy, Result};
 use elmer::{Generation, GenerationConfig, Generator};
 
 use super::eval::LengthArg;
@@ -36,6 +36,10 @@ pub struct Args {
     /// cpu, cuda or cuda:<ordinal>.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Weight precision: f32, bf16 (on CPU: dense layers and off-ramps in bf16 on AVX512_BF16,
+    /// the rest f32) or f16 (CUDA).
+    #[arg(long, value_enum, default_value_t = io::DtypeArg::F32)]
+    pub dtype: io::DtypeArg,
     /// One JSON object per line: text, ids, exit_layers, latency_ms.
     #[arg(long)]
     pub json: bool,
@@ -53,6 +57,11 @@ pub struct Args {
     /// elmer_length_offset, else 0).
     #[arg(long, allow_hyphen_values = true)]
     pub length_offset: Option<i64>,
+    /// Length beam: decode this many of the length head's most likely lengths per source
+    /// and keep the most probable output (default: the model's recorded
+    /// elmer_length_candidates, else 1).
+    #[arg(long)]
+    pub length_candidates: Option<usize>,
 }
 
 pub fn run(a: &Args) -> Result<()> {
@@ -65,7 +74,7 @@ pub fn run(a: &Args) -> Result<()> {
         })
         .transpose()?;
     let device = io::parse_device(&a.device)?;
-    let (dir, model) = io::load_model(&a.model, &LoadOptions::on(device))?;
+    let (dir, model) = io::load_model(&a.model, &io::load_options(device, a.dtype))?;
     let tok = io::find_tokenizer(&dir, a.tokenizer.as_deref(), NoTokenizer::Fail)?;
     let cfg = GenerationConfig {
         max_len: a.max_len.or(model.config().elmer_max_len).unwrap_or(64),
@@ -74,6 +83,7 @@ pub fn run(a: &Args) -> Result<()> {
         collapse_repeats: a.collapse_repeats,
         length: a.length.target_length(),
         length_offset: a.length_offset,
+        length_candidates: a.length_candidates,
         ..GenerationConfig::default()
     };
     let mut gen = Generator::new(&model, cfg)?.with_tokenizer(&tok);

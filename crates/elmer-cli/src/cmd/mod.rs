@@ -1,5 +1,6 @@
 //! One module per subcommand: a `clap::Args` struct and `run`.
 
+pub mod calibrate;
 pub mod eval;
 pub mod export;
 pub mod finetune;
@@ -10,6 +11,7 @@ pub mod pretrain;
 pub mod score;
 pub mod tokenize;
 pub mod tokenizer;
+pub mod validation;
 
 /// Says how a data-parallel run splits its batches (nothing in a single process).
 pub(crate) fn log_data_parallel(

@@ -1,0 +1,606 @@
+//! Dense products against a matrix packed once at load time (CPU inference):
+//! `y = x W^T` for `x` `[m, k]` f32 and a fixed `W` `[n, k]`, in f32 (AVX-512F FMA) or with
+//! bf16 weights (AVX-512 BF16 dot products, `x` rounded to bf16 on the fly, f32 sums).
+//!
+//! Batch-1 NAR decoding multiplies 16-128 rows by each weight matrix, where a general gemm
+//! that packs its operands on every call loses to its own overhead (issue 13: candle's gemm
+//! ran the decoder FFN at 32 rows at about 55 GFLOP/s on a 2-core Xeon whose peak is about
+//! 300). Here `W` is packed once into panels of 16 output columns, `[k][16]` f32 (or
+//! `[k/2][16][2]` bf16 pairs, the operand layout of `vdpbf16ps`), and a register tile of up
+//! to 8 rows x 48 columns runs over the whole `k` with the accumulators in 24 zmm registers:
+//! each step loads 3 weight vectors and broadcasts one `x` value per row. Column groups are
+//! split over rayon's pool. The same kernel serves the vocabulary projection of the
+//! off-ramps (`x` = decoder states `[tokens, d]`, `W` = the `[vocab, d]` table; the result is
+//! token-major `[tokens, vocab]`).
+//!
+//! Kernels are chosen at run time: [`Precision::F32`] needs AVX-512F, [`Precision::Bf16`]
+//! also AVX512_BF16 ([`available`]); without them nothing is packed and the callers keep
+//! candle's matmul. `ELMER_CPU_KERNELS=portable` turns packing off (the fallback path, for
+//! tests and comparisons).
+//!
+//! Shapes: `x` `[m, k]` f32 row-major, packed `W` `[n, k]`; result `[m, n]` f32 row-major.
+
+use candle_core::{DType, Device, Storage, Tensor};
+use rayon::prelude::*;
+
+/// Output columns per panel (one zmm register of f32).
+const LANES: usize = 16;
+/// Rows per register tile.
+const MR: usize = 8;
+/// Panels per register tile (48 columns).
+const NP: usize = 3;
+/// Values of `k` per cache block.
+const KC: usize = 256;
+
+/// Storage precision of a packed matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 weights, f32 arithmetic.
+    F32,
+    /// bf16 weights; `x` rounded to bf16, products summed in f32.
+    Bf16,
+}
+
+impl Precision {
+    /// Name as `--dtype` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Whether the packed kernels are turned off by `ELMER_CPU_KERNELS=portable`.
+fn forced_portable() -> bool {
+    std::env::var("ELMER_CPU_KERNELS").is_ok_and(|v| v.trim().eq_ignore_ascii_case("portable"))
+}
+
+/// Whether this CPU runs the kernels of `precision` (checked at run time).
+pub fn cpu_supports(precision: Precision) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match precision {
+            Precision::F32 => std::arch::is_x86_feature_detected!("avx512f"),
+            Precision::Bf16 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bf16")
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = precision;
+        false
+    }
+}
+
+/// Whether packing for `precision` is on: the CPU has the instructions and
+/// `ELMER_CPU_KERNELS` is not `portable`.
+pub fn available(precision: Precision) -> bool {
+    cpu_supports(precision) && !forced_portable()
+}
+
+/// f32 -> bf16 bits, rounding to nearest even (NaN stays NaN).
+#[inline(always)]
+fn bf16_bits(x: f32) -> u16 {
+    half::bf16::from_f32(x).to_bits()
+}
+
+/// A `[n, k]` matrix packed in panels of 16 rows of `W` (16 output columns of `x W^T`).
+#[derive(Debug, Clone)]
+pub struct PackedMatrix {
+    n: usize,
+    k: usize,
+    precision: Precision,
+    /// F32: panel p is `[k][16]` at `p * k * 16`.
+    f32_data: Vec<f32>,
+    /// Bf16: panel p is `[k2][16][2]` at `p * k2 * 32`, `k2 = ceil(k / 2)`.
+    bf16_data: Vec<u16>,
+}
+
+impl PackedMatrix {
+    /// Packs `w` `[n, k]` (any layout, f32/f16/bf16 on CPU); `None` when `precision`'s
+    /// kernels are not [`available`] here.
+    pub fn pack(w: &Tensor, precision: Precision) -> candle_core::Result<Option<Self>> {
+        if !available(precision) || !w.device().is_cpu() || w.rank() != 2 {
+            return Ok(None);
+        }
+        let (n, k) = w.dims2()?;
+        if n == 0 || k == 0 {
+            return Ok(None);
+        }
+        let rows: Vec<Vec<f32>> = w.to_dtype(DType::F32)?.to_vec2()?;
+        let panels = n.div_ceil(LANES);
+        let mut m = Self {
+            n,
+            k,
+            precision,
+            f32_data: Vec::new(),
+            bf16_data: Vec::new(),
+        };
+        match precision {
+            Precision::F32 => {
+                let mut d = vec![0f32; panels * k * LANES];
+                for (j, row) in rows.iter().enumerate() {
+                    let (p, lane) = (j / LANES, j % LANES);
+                    let base = p * k * LANES;
+                    for (kk, &v) in row.iter().enumerate() {
+                        d[base + kk * LANES + lane] = v;
+                    }
+                }
+                m.f32_data = d;
+            }
+            Precision::Bf16 => {
+                let k2 = k.div_ceil(2);
+                let mut d = vec![0u16; panels * k2 * LANES * 2];
+                for (j, row) in rows.iter().enumerate() {
+                    let (p, lane) = (j / LANES, j % LANES);
+                    let base = p * k2 * LANES * 2;
+                    for (kk, &v) in row.iter().enumerate() {
+                        d[base + (kk / 2) * LANES * 2 + lane * 2 + kk % 2] = bf16_bits(v);
+                    }
+                }
+                m.bf16_data = d;
+            }
+        }
+        Ok(Some(m))
+    }
+
+    /// Elements per step of `k` per lane: 1 (f32) or 2 (a bf16 pair).
+    fn pair(&self) -> usize {
+        match self.precision {
+            Precision::F32 => 1,
+            Precision::Bf16 => 2,
+        }
+    }
+
+    /// Rows `n` of `W` (output columns).
+    pub fn out_dim(&self) -> usize {
+        self.n
+    }
+
+    /// Columns `k` of `W` (input features).
+    pub fn in_dim(&self) -> usize {
+        self.k
+    }
+
+    /// The storage precision.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.f32_data.len() * 4 + self.bf16_data.len() * 2
+    }
+
+    /// `x W^T` for `x` `[m, k]` (any float dtype on CPU, made contiguous f32): `[m, n]` f32.
+    pub fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (m, k) = x.dims2()?;
+        if k != self.k {
+            candle_core::bail!(
+                "packed matmul: x has {k} features, the packed matrix {}",
+                self.k
+            );
+        }
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let (xs, xl) = x.storage_and_layout();
+        let y = match &*xs {
+            Storage::Cpu(s) => {
+                let v = super::cpu::f32_slice(s, xl, "packed matmul x")?;
+                self.matmul_slice(v, m)
+            }
+            _ => candle_core::bail!("packed matmul: x is not on the CPU"),
+        };
+        Tensor::from_vec(y, (m, self.n), &Device::Cpu)
+    }
+
+    /// `x W^T` for `x` `[m, k]` row-major: `[m, n]` row-major.
+    pub fn matmul_slice(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        assert_eq!(x.len(), m * k, "packed matmul: x is not [m, k]");
+        let mut y = vec![0f32; m * n];
+        if m == 0 {
+            return y;
+        }
+        let groups = n.div_ceil(LANES * NP);
+        // About 1 MFLOP per task at least: below that the pool costs more than it saves.
+        let work = 2 * m * n * k;
+        let tasks = rayon::current_num_threads()
+            .max(1)
+            .min(groups)
+            .min((work >> 20).max(1));
+        let out = SendPtr(y.as_mut_ptr());
+        let xb: Vec<u32> = match self.precision {
+            Precision::F32 => Vec::new(),
+            Precision::Bf16 => bf16_pairs(x, m, k),
+        };
+        let run = |t: usize| {
+            let (g0, g1) = (t * groups / tasks, (t + 1) * groups / tasks);
+            // SAFETY: task t writes only the columns of groups g0..g1 of every row, disjoint
+            // from every other task's; `y` outlives the parallel loop.
+            unsafe { self.groups(x, &xb, m, g0, g1, out) };
+        };
+        if tasks == 1 {
+            run(0);
+        } else {
+            (0..tasks).into_par_iter().for_each(run);
+        }
+        y
+    }
+
+    /// Column groups `g0..g1` (48 columns each) of every row of `y`.
+    ///
+    /// # Safety
+    /// `y` points to `[m, n]` f32; no other thread writes these columns.
+    unsafe fn groups(&self, x: &[f32], xb: &[u32], m: usize, g0: usize, g1: usize, y: SendPtr) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let panels = self.n.div_ceil(LANES);
+            // Steps of k per block (f32 values or bf16 pairs): a block of 48 columns of W
+            // (48 KB f32, 24 KB bf16) stays in L1 while every row tile of x runs over it.
+            let (ksteps, kc) = match self.precision {
+                Precision::F32 => (self.k, KC),
+                Precision::Bf16 => (self.k.div_ceil(2), KC / 2),
+            };
+            for g in g0..g1 {
+                let p0 = g * NP;
+                let np = NP.min(panels - p0);
+                let col0 = p0 * LANES;
+                let ncols = (self.n - col0).min(np * LANES);
+                let mut k0 = 0;
+                while k0 < ksteps {
+                    let kb = kc.min(ksteps - k0);
+                    let mut r0 = 0;
+                    while r0 < m {
+                        let rows = MR.min(m - r0);
+                        let yp = y.0.add(r0 * self.n + col0);
+                        let tile = Tile {
+                            kc: kb,
+                            ldx: ksteps,
+                            panel: ksteps * LANES * self.pair(),
+                            ldy: self.n,
+                            ncols,
+                            first: k0 == 0,
+                        };
+                        match self.precision {
+                            Precision::F32 => {
+                                let w = self.f32_data.as_ptr().add((p0 * ksteps + k0) * LANES);
+                                let xp = x.as_ptr().add(r0 * ksteps + k0);
+                                f32_tile_dispatch(rows, np, &tile, xp, w, yp);
+                            }
+                            Precision::Bf16 => {
+                                let w = self.bf16_data.as_ptr().add((p0 * ksteps + k0) * LANES * 2);
+                                let xp = xb.as_ptr().add(r0 * ksteps + k0);
+                                bf16_tile_dispatch(rows, np, &tile, xp, w, yp);
+                            }
+                        }
+                        r0 += rows;
+                    }
+                    k0 += kb;
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (x, xb, m, g0, g1, y);
+            unreachable!("packed kernels are only built on x86-64");
+        }
+    }
+}
+
+/// `x` `[m, k]` as bf16 pairs `[m, ceil(k/2)]` (element 2i in the low half, 2i+1 in the high
+/// half; an odd `k` is padded with zero).
+fn bf16_pairs(x: &[f32], m: usize, k: usize) -> Vec<u32> {
+    let k2 = k.div_ceil(2);
+    let mut out = vec![0u32; m * k2];
+    #[cfg(target_arch = "x86_64")]
+    if k.is_multiple_of(32) && cpu_supports(Precision::Bf16) {
+        // SAFETY: the CPU has AVX-512F and AVX512_BF16 (checked just above); `x` holds
+        // `m * k` values and `out` `m * k / 2` pairs.
+        unsafe { x86::bf16_pairs_avx512(x, &mut out) };
+        return out;
+    }
+    for (row, o) in x.chunks_exact(k).zip(out.chunks_exact_mut(k2)) {
+        for (i, slot) in o.iter_mut().enumerate() {
+            let lo = bf16_bits(row[2 * i]) as u32;
+            let hi = if 2 * i + 1 < k {
+                bf16_bits(row[2 * i + 1]) as u32
+            } else {
+                0
+            };
+            *slot = lo | (hi << 16);
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint column ranges of one output buffer to pool tasks.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::LANES;
+
+    /// `x` as bf16 pairs (round to nearest even), 32 values at a time (`x.len() % 32 == 0`).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn bf16_pairs_avx512(x: &[f32], out: &mut [u32]) {
+        for (src, dst) in x.chunks_exact(32).zip(out.chunks_exact_mut(16)) {
+            let lo = _mm512_loadu_ps(src.as_ptr());
+            let hi = _mm512_loadu_ps(src.as_ptr().add(16));
+            // Lower 256 bits: bf16(lo), upper: bf16(hi), so pair i is (x[2i], x[2i+1]).
+            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(dst.as_mut_ptr() as *mut _, v);
+        }
+    }
+
+    /// Stores `acc` to `y` (16 columns, the first `valid` of them).
+    #[inline(always)]
+    unsafe fn store(y: *mut f32, acc: __m512, valid: usize) {
+        if valid >= LANES {
+            _mm512_storeu_ps(y, acc);
+        } else if valid > 0 {
+            _mm512_mask_storeu_ps(y, ((1u32 << valid) - 1) as u16, acc);
+        }
+    }
+
+    /// `R` rows x `P` panels of `y = x W^T`, f32.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn f32_tile<const R: usize, const P: usize>(
+        t: &super::Tile,
+        x: *const f32,
+        w: *const f32,
+        y: *mut f32,
+    ) {
+        let mut acc = init::<R, P>(t, y);
+        for kk in 0..t.kc {
+            let mut b = [_mm512_setzero_ps(); P];
+            for (p, bp) in b.iter_mut().enumerate() {
+                *bp = _mm512_loadu_ps(w.add(p * t.panel + kk * LANES));
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let a = _mm512_set1_ps(*x.add(r * t.ldx + kk));
+                for (p, c) in row.iter_mut().enumerate() {
+                    *c = _mm512_fmadd_ps(a, b[p], *c);
+                }
+            }
+        }
+        finish::<R, P>(t, y, &acc);
+    }
+
+    /// `R` rows x `P` panels of `y = x W^T` with bf16 pairs (`x` `[R, k2]` pairs, `W` panels
+    /// `[k2][16][2]`).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn bf16_tile<const R: usize, const P: usize>(
+        t: &super::Tile,
+        x: *const u32,
+        w: *const u16,
+        y: *mut f32,
+    ) {
+        let mut acc = init::<R, P>(t, y);
+        for kk in 0..t.kc {
+            let mut b = [_mm512_setzero_si512(); P];
+            for (p, bp) in b.iter_mut().enumerate() {
+                *bp = _mm512_loadu_si512(w.add(p * t.panel + kk * LANES * 2) as *const _);
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let a: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(*x.add(r * t.ldx + kk) as i32));
+                for (p, c) in row.iter_mut().enumerate() {
+                    *c = _mm512_dpbf16_ps(*c, a, std::mem::transmute::<__m512i, __m512bh>(b[p]));
+                }
+            }
+        }
+        finish::<R, P>(t, y, &acc);
+    }
+
+    /// The accumulators: zero for the first block of `k`, else the partial sums in `y`.
+    #[inline(always)]
+    unsafe fn init<const R: usize, const P: usize>(
+        t: &super::Tile,
+        y: *mut f32,
+    ) -> [[__m512; P]; R] {
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
+        if !t.first {
+            for (r, row) in acc.iter_mut().enumerate() {
+                for (p, c) in row.iter_mut().enumerate() {
+                    let valid = t.ncols.saturating_sub(p * LANES);
+                    let ptr = y.add(r * t.ldy + p * LANES);
+                    *c = if valid >= LANES {
+                        _mm512_loadu_ps(ptr)
+                    } else if valid > 0 {
+                        _mm512_maskz_loadu_ps(((1u32 << valid) - 1) as u16, ptr)
+                    } else {
+                        _mm512_setzero_ps()
+                    };
+                }
+            }
+        }
+        acc
+    }
+
+    #[inline(always)]
+    unsafe fn finish<const R: usize, const P: usize>(
+        t: &super::Tile,
+        y: *mut f32,
+        acc: &[[__m512; P]; R],
+    ) {
+        for (r, row) in acc.iter().enumerate() {
+            for (p, c) in row.iter().enumerate() {
+                let valid = t.ncols.saturating_sub(p * LANES);
+                store(y.add(r * t.ldy + p * LANES), *c, valid);
+            }
+        }
+    }
+}
+
+/// One register tile's geometry: `kc` steps of `k` (f32 values or bf16 pairs) from `x` rows
+/// `ldx` apart and weight panels `panel` elements apart, into `ncols` valid columns of `y`
+/// rows `ldy` apart; `first`: the first block of `k` (else add to `y`).
+struct Tile {
+    kc: usize,
+    ldx: usize,
+    panel: usize,
+    ldy: usize,
+    ncols: usize,
+    first: bool,
+}
+
+/// Runs the f32 tile for `rows` (1..=8) x `np` (1..=3) panels.
+#[cfg(target_arch = "x86_64")]
+unsafe fn f32_tile_dispatch(
+    rows: usize,
+    np: usize,
+    t: &Tile,
+    x: *const f32,
+    w: *const f32,
+    y: *mut f32,
+) {
+    macro_rules! go {
+        ($r:literal) => {
+            match np {
+                1 => x86::f32_tile::<$r, 1>(t, x, w, y),
+                2 => x86::f32_tile::<$r, 2>(t, x, w, y),
+                _ => x86::f32_tile::<$r, 3>(t, x, w, y),
+            }
+        };
+    }
+    match rows {
+        1 => go!(1),
+        2 => go!(2),
+        3 => go!(3),
+        4 => go!(4),
+        5 => go!(5),
+        6 => go!(6),
+        7 => go!(7),
+        _ => go!(8),
+    }
+}
+
+/// Runs the bf16 tile for `rows` (1..=8) x `np` (1..=3) panels.
+#[cfg(target_arch = "x86_64")]
+unsafe fn bf16_tile_dispatch(
+    rows: usize,
+    np: usize,
+    t: &Tile,
+    x: *const u32,
+    w: *const u16,
+    y: *mut f32,
+) {
+    macro_rules! go {
+        ($r:literal) => {
+            match np {
+                1 => x86::bf16_tile::<$r, 1>(t, x, w, y),
+                2 => x86::bf16_tile::<$r, 2>(t, x, w, y),
+                _ => x86::bf16_tile::<$r, 3>(t, x, w, y),
+            }
+        };
+    }
+    match rows {
+        1 => go!(1),
+        2 => go!(2),
+        3 => go!(3),
+        4 => go!(4),
+        5 => go!(5),
+        6 => go!(6),
+        7 => go!(7),
+        _ => go!(8),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bf16_round(t: &Tensor) -> Tensor {
+        t.to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    }
+
+    #[test]
+    fn packed_products_match_matmul() {
+        let dev = Device::Cpu;
+        for precision in [Precision::F32, Precision::Bf16] {
+            if !available(precision) {
+                eprintln!(
+                    "skipping {}: this CPU lacks its instructions",
+                    precision.name()
+                );
+                continue;
+            }
+            for (m, k, n) in [
+                (1, 8, 16),
+                (3, 5, 7),
+                (8, 64, 48),
+                (9, 33, 50),
+                (32, 192, 768),
+                (17, 768, 100),
+                (130, 96, 49),
+            ] {
+                let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+                let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+                let packed = PackedMatrix::pack(&w, precision).unwrap().unwrap();
+                assert_eq!((packed.out_dim(), packed.in_dim()), (n, k));
+                let got = packed.matmul(&x).unwrap();
+                // bf16: the reference is the product of the bf16-rounded operands in f32.
+                let (xr, wr) = match precision {
+                    Precision::F32 => (x.clone(), w.clone()),
+                    Precision::Bf16 => (bf16_round(&x), bf16_round(&w)),
+                };
+                let want = xr.matmul(&wr.t().unwrap()).unwrap();
+                let d = crate::ops::max_abs_diff(&got, &want);
+                let tol = 1e-4 * (k as f32).sqrt() * 4.0;
+                assert!(d < tol, "{} [{m},{k}]x[{n},{k}]^T: {d}", precision.name());
+                // A transposed (column-major) weight packs to the same thing.
+                let wt = w.t().unwrap().contiguous().unwrap().t().unwrap();
+                let again = PackedMatrix::pack(&wt, precision).unwrap().unwrap();
+                assert_eq!(
+                    crate::ops::max_abs_diff(&again.matmul(&x).unwrap(), &got),
+                    0.0
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn vector_and_scalar_bf16_conversions_agree() {
+        let x: Vec<f32> = (0..4 * 64)
+            .map(|i| ((i * 7919 % 1013) as f32 - 500.0) * 0.37 + 1.0 / 256.0)
+            .collect();
+        let got = bf16_pairs(&x, 4, 64);
+        for (i, pair) in got.iter().enumerate() {
+            assert_eq!(
+                pair & 0xffff,
+                bf16_bits(x[2 * i]) as u32,
+                "element {}",
+                2 * i
+            );
+            assert_eq!(
+                pair >> 16,
+                bf16_bits(x[2 * i + 1]) as u32,
+                "element {}",
+                2 * i + 1
+            );
+        }
+    }
+
+    #[test]
+    fn bf16_pairs_round_to_nearest_even() {
+        let x = [1.0f32, -2.5, 3.0];
+        let p = bf16_pairs(&x, 1, 3);
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0] & 0xffff, 0x3f80);
+        assert_eq!(p[0] >> 16, half::bf16::from_f32(-2.5).to_bits() as u32);
+        assert_eq!(p[1] >> 16, 0, "odd k is padded with zero");
+        // 1 + 2^-8 is halfway between two bf16 values: rounds to even (1.0).
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
+    }
+}
