@@ -157,6 +157,23 @@ fn kernels(c: &mut Criterion) {
             }
         })
     });
+    for p in [Precision::F32, Precision::Bf16] {
+        let packed: Vec<PackedMatrix> = w
+            .iter()
+            .filter_map(|w| PackedMatrix::pack(w, p).expect("pack"))
+            .collect();
+        if packed.is_empty() {
+            continue;
+        }
+        // Bytes of f32 weights (the same work), so the rate compares with the cases above.
+        g.bench_function(format!("one_row_12_layers_packed_{}", p.name()), |b| {
+            b.iter(|| {
+                for m in &packed {
+                    black_box(m.matmul(&x).unwrap());
+                }
+            })
+        });
+    }
 
     // Fused elementwise kernels at source 512 against candle's ops.
     let y = randn((512, FFN));

@@ -54,7 +54,14 @@ impl Weights {
             })
     }
 
-    /// The tensor called `name`, if present.
+    /// Whether a tensor called `name` is present (as a tensor or, after
+    /// [`into_inference_layout`](Self::into_inference_layout), as a packed matrix).
+    pub fn contains(&self, name: &str) -> bool {
+        self.map.contains_key(name) || self.packed.contains_key(name)
+    }
+
+    /// The tensor called `name`, if present (a matrix that was packed for inference is no
+    /// longer a tensor: see [`contains`](Self::contains)).
     pub fn get_opt(&self, name: &str) -> Option<Tensor> {
         self.map.get(name).cloned()
     }
@@ -88,8 +95,8 @@ impl Weights {
     /// weights and the off-ramps' vocabulary projection stored in `dtype`: `F32`, or `BF16`
     /// (CPU mixed precision, what `LoadOptions { dtype: Some(BF16), .. }` gives
     /// [`crate::ElmerModel::from_dir`]: needs AVX512_BF16, see
-    /// [`crate::LoadOptions::cpu_bf16_supported`]; the dense layers' f32 originals are then
-    /// kept as bf16 tensors only). Weights must be f32.
+    /// [`crate::LoadOptions::cpu_bf16_supported`]). Weights must be f32. A model built from
+    /// the result keeps the packed copies of the dense layers, not their tensors.
     pub fn into_inference_layout_with(self, dtype: DType) -> Result<Self> {
         match dtype {
             DType::F32 => self.into_inference_layout_precision(Precision::F32),
@@ -135,21 +142,26 @@ impl Weights {
                 }
             }
         }
-        for (name, t) in self.map.iter_mut() {
+        let names: Vec<String> = self.map.keys().cloned().collect();
+        for name in names {
             // f32 off-ramps stay with candle's gemm (`W h^T` runs near its peak).
             let f32_offramp = precision == Precision::F32 && name.starts_with("offramps.");
-            if !is_dense(name) || !packable(t) || f32_offramp {
+            let Some(t) = self.map.get(&name) else {
+                continue;
+            };
+            if !is_dense(&name) || !packable(t) || f32_offramp {
                 continue;
             }
             match PackedMatrix::pack(t, precision)? {
                 Some(p) => {
-                    self.packed.insert(name.clone(), Arc::new(p));
-                    if precision == Precision::Bf16 {
-                        *t = t.to_dtype(DType::BF16)?;
-                    }
+                    // The model keeps the packed copy only; drop the tensor now, so loading
+                    // never holds both copies of every layer.
+                    self.map.remove(&name);
+                    self.packed.insert(name, Arc::new(p));
                 }
                 None if t.is_contiguous() && !name.starts_with("offramps.") => {
-                    *t = t.t()?.contiguous()?.t()?;
+                    let relaid = t.t()?.contiguous()?.t()?;
+                    self.map.insert(name, relaid);
                 }
                 None => {}
             }

@@ -12,7 +12,7 @@ use candle_core::{DType, Tensor};
 use crate::checkpoint::Weights;
 use crate::config::Activation;
 use crate::error::Result;
-use crate::ops::packed::{PackedMatrix, Precision};
+use crate::ops::packed::PackedMatrix;
 
 /// A dense layer `y = x W^T + b` over the last dimension.
 #[derive(Debug, Clone)]
@@ -24,17 +24,24 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Builds from `{prefix}.weight` and, when `bias`, `{prefix}.bias`.
+    /// Builds from `{prefix}.weight` and, when `bias`, `{prefix}.bias`. When the weights were
+    /// packed for inference ([`Weights::into_inference_layout`]) the layer keeps the packed
+    /// matrix only, not the tensor (one copy of the weights in memory).
     pub fn load(w: &Weights, prefix: &str, bias: bool) -> Result<Self> {
         let name = format!("{prefix}.weight");
+        let packed = w.packed(&name);
+        let weight = match &packed {
+            Some(_) => Tensor::zeros(0, DType::F32, &candle_core::Device::Cpu)?,
+            None => w.get(&name)?,
+        };
         Ok(Self {
-            weight: w.get(&name)?,
+            weight,
             bias: if bias {
                 Some(w.get(&format!("{prefix}.bias"))?)
             } else {
                 None
             },
-            packed: w.packed(&name),
+            packed,
         })
     }
 
@@ -58,7 +65,8 @@ impl Linear {
         self.packed.as_deref()
     }
 
-    /// The weight `[out, in]`.
+    /// The weight `[out, in]` (an empty tensor for a layer loaded with a packed matrix: its
+    /// weights live in the packed copy only).
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
@@ -87,21 +95,22 @@ impl Linear {
         let rows = xs.elem_count() / in_dim.max(1);
         let mut out_dims = dims.to_vec();
         let last = out_dims.len() - 1;
-        out_dims[last] = self.weight.dim(0)?;
+        out_dims[last] = match &self.packed {
+            Some(p) => p.out_dim(),
+            None => self.weight.dim(0)?,
+        };
         let x2 = xs.reshape((rows, in_dim))?;
-        let packed = self
-            .packed
-            .as_deref()
-            .filter(|_| xs.device().is_cpu() && !xs.track_op() && xs.dtype() == DType::F32);
-        let y = match packed {
-            // f32 at a few rows: the streaming matrix-vector kernel reads the weights once.
-            Some(p) if p.precision() == Precision::F32 && rows <= crate::ops::gemv::MAX_ROWS => {
-                match crate::ops::gemv::linear_few_rows(&x2, &self.weight)? {
-                    Some(y) => y,
-                    None => p.matmul(&x2)?,
-                }
+        let y = match self.packed.as_deref() {
+            // At any row count (at one row it streams the weights as fast as the few-row
+            // kernel: `cargo bench --bench kernels -- one_row`).
+            Some(p) if xs.device().is_cpu() && !xs.track_op() && xs.dtype() == DType::F32 => {
+                p.matmul(&x2)?
             }
-            Some(p) => p.matmul(&x2)?,
+            Some(p) => candle_core::bail!(
+                "this dense layer holds {} weights packed for CPU inference; it takes f32 CPU \
+                 inputs without gradients (train from the checkpoint layout instead)",
+                p.precision().name()
+            ),
             None => match crate::ops::gemv::linear_few_rows(&x2, &self.weight)? {
                 Some(y) => y,
                 None => x2.matmul(&self.weight.t()?)?,

@@ -110,7 +110,13 @@ impl PackedMatrix {
         if n == 0 || k == 0 {
             return Ok(None);
         }
-        let rows: Vec<Vec<f32>> = w.to_dtype(DType::F32)?.to_vec2()?;
+        // Read in place when `w` is contiguous f32 (no copy of a large table).
+        let w = w.to_dtype(DType::F32)?.contiguous()?;
+        let (ws, wl) = w.storage_and_layout();
+        let Storage::Cpu(cpu) = &*ws else {
+            return Ok(None);
+        };
+        let flat = super::cpu::f32_slice(cpu, wl, "packed weight")?;
         let panels = n.div_ceil(LANES);
         let mut m = Self {
             n,
@@ -122,7 +128,7 @@ impl PackedMatrix {
         match precision {
             Precision::F32 => {
                 let mut d = vec![0f32; panels * k * LANES];
-                for (j, row) in rows.iter().enumerate() {
+                for (j, row) in flat.chunks_exact(k).enumerate() {
                     let (p, lane) = (j / LANES, j % LANES);
                     let base = p * k * LANES;
                     for (kk, &v) in row.iter().enumerate() {
@@ -134,7 +140,7 @@ impl PackedMatrix {
             Precision::Bf16 => {
                 let k2 = k.div_ceil(2);
                 let mut d = vec![0u16; panels * k2 * LANES * 2];
-                for (j, row) in rows.iter().enumerate() {
+                for (j, row) in flat.chunks_exact(k).enumerate() {
                     let (p, lane) = (j / LANES, j % LANES);
                     let base = p * k2 * LANES * 2;
                     for (kk, &v) in row.iter().enumerate() {
@@ -205,12 +211,13 @@ impl PackedMatrix {
             return y;
         }
         let groups = n.div_ceil(LANES * NP);
-        // About 1 MFLOP per task at least: below that the pool costs more than it saves.
+        // About 256 KFLOP per task at least (at one row that is 512 KB of f32 weights to
+        // stream): below that the pool costs more than it saves.
         let work = 2 * m * n * k;
         let tasks = rayon::current_num_threads()
             .max(1)
             .min(groups)
-            .min((work >> 20).max(1));
+            .min((work >> 18).max(1));
         let out = SendPtr(y.as_mut_ptr());
         let xb: Vec<u32> = match self.precision {
             Precision::F32 => Vec::new(),

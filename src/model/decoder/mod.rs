@@ -62,9 +62,11 @@ impl Decoder {
         let layers = (0..cfg.decoder_layers)
             .map(|i| DecoderLayer::load(w, &format!("decoder.layers.{i}"), cfg))
             .collect::<Result<Vec<_>>>()?;
-        let concat_head = w
-            .get_opt("concat_head.weight")
-            .map(|t| Linear::from_tensors(t, None).with_packed(w.packed("concat_head.weight")));
+        let concat_head = if w.contains("concat_head.weight") {
+            Some(Linear::load(w, "concat_head", false)?)
+        } else {
+            None
+        };
         Ok(Self {
             embeddings,
             layers,
