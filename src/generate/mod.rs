@@ -7,7 +7,8 @@
 //! slot predicts target token t+1, so the output is read from position 0 and ends at the
 //! first `</s>` (exclusive); the slot length is a maximum, never taken from a reference.
 //! A model with a length head can instead decode a slot of its own predicted length per
-//! source ([`TargetLength`]).
+//! source ([`TargetLength`]), or several of its most likely lengths, keeping the most probable
+//! output ([`GenerationConfig::length_candidates`], a length beam).
 //!
 //! Results do not depend on the batch size or order (each example's computation is masked
 //! from the others'), and per-layer exit statistics accumulate over a whole run.

@@ -1767,3 +1767,64 @@ fn a_collective_engine_the_build_lacks_is_a_one_line_error() {
         assert!(e.contains("--features mpi") && e.contains("2 ranks"), "{e}");
     }
 }
+
+// ------------------------------------------------------------------ CPU kernels and precision
+
+/// The shipped model's generations (`--json` lines: ids and exit layers) for a few sentences,
+/// with `env` and `extra` arguments.
+fn shipped_generations(env: &[(&str, &str)], extra: &[&str]) -> Output {
+    let mut args = vec!["generate", "--json"];
+    args.extend_from_slice(extra);
+    elmer_in(
+        &root(),
+        env,
+        &args,
+        Some(
+            b"the eiffel tower was completed in 1889 for the world 's fair in paris .\n\
+              oxygen is a chemical element with symbol o and atomic number 8 .\n\
+              the university of notre dame was founded in 1842 by father edward sorin .\n",
+        ),
+    )
+}
+
+#[test]
+fn the_portable_kernels_give_the_same_text_and_bf16_is_refused_without_them() {
+    let ids = |o: &Output| -> Vec<(Value, Value)> {
+        stdout(o)
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                (v["ids"].clone(), v["exit_layers"].clone())
+            })
+            .collect()
+    };
+    let fast = ok(shipped_generations(&[], &[]));
+    let portable = ok(shipped_generations(
+        &[("ELMER_CPU_KERNELS", "portable")],
+        &[],
+    ));
+    assert_eq!(ids(&fast).len(), 3);
+    assert_eq!(
+        ids(&fast),
+        ids(&portable),
+        "packed and candle kernels disagree"
+    );
+    // bf16 needs the packed kernels: refused in one line when they are off.
+    let e = fails(shipped_generations(
+        &[("ELMER_CPU_KERNELS", "portable")],
+        &["--dtype", "bf16"],
+    ));
+    assert!(e.contains("bf16") && e.contains("portable"), "{e}");
+    // With them (a CPU with AVX512_BF16) it runs and stays close to f32; elsewhere it is
+    // refused naming the instructions.
+    let o = shipped_generations(&[], &["--dtype", "bf16"]);
+    if o.status.success() {
+        let (a, b) = (ids(&fast), ids(&o));
+        assert_eq!(a.len(), b.len());
+        let same = a.iter().zip(&b).filter(|(x, y)| x.0 == y.0).count();
+        assert!(same >= 2, "bf16 changed {} of 3 outputs", 3 - same);
+    } else {
+        let e = fails(o);
+        assert!(e.contains("AVX512_BF16"), "{e}");
+    }
+}
