@@ -1639,6 +1639,21 @@ fn finetune_with_a_length_head_records_the_offset_it_chose() {
     );
     // The length beam the offset was chosen with is recorded too.
     assert_eq!(cfg["elmer_length_candidates"].as_u64(), Some(2), "{cfg}");
+    // With --length slot generation never reads the head: validation decodes the full slot
+    // and no offset is chosen.
+    let run2 = tmp.path().join("run2").display().to_string();
+    let mut slot_args: Vec<&str> = base.to_vec();
+    let at = slot_args.iter().position(|a| *a == "--out").unwrap() + 1;
+    slot_args[at] = &run2;
+    slot_args.extend(["--train-slot", "target", "--length", "slot"]);
+    let o = ok(elmer(&slot_args, None));
+    let err2 = stderr(&o);
+    assert!(!err2.contains("length offset +0: score"), "{err2}");
+    let cfg2: Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("run2/best/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(cfg2.get("elmer_length_offset").is_none(), "{cfg2}");
     // generate decodes the predicted length (plus the offset) by default; --length slot
     // gives the full slot back; both run.
     let best = run.join("best").display().to_string();

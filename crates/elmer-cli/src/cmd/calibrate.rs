@@ -109,6 +109,7 @@ pub fn run(a: &Args) -> Result<()> {
             a.gen_batch_size,
             None,
             Some(candidates),
+            elmer::TargetLength::Auto,
         );
         let off = validation.choose_length_offset(&model, &policy)?;
         cfg.elmer_length_offset = Some(off);
@@ -127,6 +128,7 @@ pub fn run(a: &Args) -> Result<()> {
             a.gen_batch_size,
             None,
             Some(candidates),
+            elmer::TargetLength::Auto,
         );
         let chosen = match validation.choose_threshold(&model, a.hard_max_loss)? {
             Some(t) => format!("hard:{t}"),

@@ -233,6 +233,7 @@ pub fn run(a: &Args) -> Result<()> {
         a.eval.gen_batch_size,
         a.eval.length_offset,
         a.eval.length_candidates,
+        a.eval.length.target_length(),
     );
     let mut obj = FinetuneObjective::new(
         train_pairs,
@@ -318,7 +319,8 @@ pub fn run(a: &Args) -> Result<()> {
     // the policy best/ was selected by, recorded before the threshold is chosen with it.
     {
         let model = io::load_dir(&best, &elmer::LoadOptions::on(Device::Cpu))?;
-        if model.has_length_head() {
+        // (Not with --length slot: then generation never reads the head.)
+        if model.has_length_head() && a.eval.length != super::eval::LengthArg::Slot {
             let off = validation.choose_length_offset(&model, &selection_policy(mode))?;
             let path = best.join("config.json");
             let mut cfg = ElmerConfig::from_file(&path)?;

@@ -22,6 +22,8 @@ pub(crate) struct Validation {
     batch_size: usize,
     length_offset: Option<i64>,
     length_candidates: Option<usize>,
+    /// Full slot or predicted lengths, as `--length` says.
+    length: elmer::TargetLength,
 }
 
 impl Validation {
@@ -35,6 +37,7 @@ impl Validation {
         batch_size: usize,
         length_offset: Option<i64>,
         length_candidates: Option<usize>,
+        length: elmer::TargetLength,
     ) -> Self {
         Self {
             task,
@@ -46,6 +49,7 @@ impl Validation {
             batch_size,
             length_offset,
             length_candidates,
+            length,
         }
     }
 
@@ -68,6 +72,7 @@ impl Validation {
             max_source_len: Some(self.max_src),
             length_offset,
             length_candidates: self.length_candidates,
+            length: self.length,
             ..GenerationConfig::default()
         };
         let sources: Vec<&str> = self.sources.iter().map(String::as_str).collect();
