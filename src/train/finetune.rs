@@ -320,7 +320,7 @@ impl FinetuneObjective {
     }
 
     /// Order-agnostic cross-entropy (OAXE, Du et al. 2021; see
-    /// [`super::order_agnostic`]): before each training step, in a share `share` of the
+    /// `train::order_agnostic`): before each training step, in a share `share` of the
     /// rows (drawn per row), the content labels (all but `</s>` and `<pad>`) are reordered
     /// to the one-to-one assignment of label tokens to slot positions that the model's last
     /// layer finds most likely (eval mode, no gradient); every off-ramp's cross-entropy then
