@@ -145,6 +145,16 @@ fn bench_device() -> Device {
 /// N(0, 0.02) weights from a seeded `StdRng`, zero biases, unit layer-norm gains, and a
 /// `concat_head` so soft exit works; on `ELMER_BENCH_DEVICE` in `ELMER_BENCH_DTYPE`.
 fn base_model() -> ElmerModel {
+    // ELMER_BENCH_MODEL_DIR: load a checkpoint directory instead (as `elmer generate` does),
+    // e.g. the base-size one the memory bench writes (`elmer-bench-base-checkpoint`).
+    if let Ok(dir) = std::env::var("ELMER_BENCH_MODEL_DIR") {
+        let opts = elmer::LoadOptions {
+            device: bench_device(),
+            dtype: Some(bench_dtype()),
+            ..Default::default()
+        };
+        return ElmerModel::from_dir(&dir, &opts).unwrap();
+    }
     let (cfg, map) = base_weights();
     assert!(map.contains_key("concat_head.weight"));
     // The layout `ElmerModel::from_dir` gives loaded checkpoints; ELMER_BENCH_DTYPE=bf16:
