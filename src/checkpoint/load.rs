@@ -322,18 +322,8 @@ impl ElmerModel {
         // bf16 on CPU: f32 activations, the dense layers and the off-ramp projection in bf16
         // (packed for the AVX512_BF16 kernels).
         let cpu_bf16 = opts.device.is_cpu() && opts.dtype == Some(DType::BF16);
-        if cpu_bf16 && !crate::ops::packed::available(Precision::Bf16) {
-            return Err(Error::Unsupported(
-                if crate::ops::packed::cpu_supports(Precision::Bf16) {
-                    "bf16 inference on CPU needs the packed kernels, which \
-                 ELMER_CPU_KERNELS=portable turns off"
-                        .into()
-                } else {
-                    "bf16 inference on CPU needs AVX-512F and AVX512_BF16, which this CPU lacks; \
-                 load as f32 (the default)"
-                        .into()
-                },
-            ));
+        if cpu_bf16 {
+            crate::ops::packed::require(Precision::Bf16)?;
         }
         let load_opts = LoadOptions {
             dtype: if cpu_bf16 {

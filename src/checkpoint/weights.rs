@@ -25,7 +25,11 @@ fn is_dense(name: &str) -> bool {
         || name.ends_with(".fc1.weight")
         || name.ends_with(".fc2.weight")
         || name == "concat_head.weight"
-        || (name.starts_with("offramps.") && name.ends_with(".weight"))
+}
+
+/// Whether `name` is the projection of a per-layer off-ramp (`[vocab, d]`).
+fn is_offramp(name: &str) -> bool {
+    name.starts_with("offramps.") && name.ends_with(".weight")
 }
 
 impl Weights {
@@ -116,20 +120,7 @@ impl Weights {
             if !self.map.values().all(|t| t.device().is_cpu()) {
                 return Ok(self);
             }
-            if !crate::ops::packed::cpu_supports(Precision::Bf16) {
-                return Err(Error::Unsupported(
-                    "bf16 inference on CPU needs AVX-512F and AVX512_BF16, which this CPU \
-                     lacks; load as f32 (the default)"
-                        .into(),
-                ));
-            }
-            if !crate::ops::packed::available(Precision::Bf16) {
-                return Err(Error::Unsupported(
-                    "bf16 inference on CPU needs the packed kernels, which \
-                     ELMER_CPU_KERNELS=portable turns off"
-                        .into(),
-                ));
-            }
+            crate::ops::packed::require(Precision::Bf16)?;
             // The off-ramps' vocabulary projection (the tied table stays f32 for the
             // embeddings; an untied head is packed too).
             for table in ["shared.weight", "lm_head.weight"] {
@@ -144,12 +135,13 @@ impl Weights {
         }
         let names: Vec<String> = self.map.keys().cloned().collect();
         for name in names {
-            // f32 off-ramps stay with candle's gemm (`W h^T` runs near its peak).
-            let f32_offramp = precision == Precision::F32 && name.starts_with("offramps.");
             let Some(t) = self.map.get(&name) else {
                 continue;
             };
-            if !is_dense(&name) || !packable(t) || f32_offramp {
+            // Off-ramps in bf16 only: in f32 they stay with candle's `W h^T`, near its peak.
+            let dense = is_dense(&name);
+            let offramp = precision == Precision::Bf16 && is_offramp(&name);
+            if !(dense || offramp) || !packable(t) {
                 continue;
             }
             match PackedMatrix::pack(t, precision)? {
@@ -159,7 +151,7 @@ impl Weights {
                     self.map.remove(&name);
                     self.packed.insert(name, Arc::new(p));
                 }
-                None if t.is_contiguous() && !name.starts_with("offramps.") => {
+                None if dense && t.is_contiguous() => {
                     let relaid = t.t()?.contiguous()?.t()?;
                     self.map.insert(name, relaid);
                 }

@@ -510,11 +510,13 @@ impl<'a> Generator<'a> {
         let logits = out.logits.as_ref().ok_or_else(|| {
             Error::Unsupported("the decoder returned no logits for the length beam".into())
         })?;
-        let log_probs = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, 2)?;
+        // log p(id) = logit(id) - logsumexp(logits): no `[rows, T, vocab]` log-softmax.
+        let logits = logits.to_dtype(DType::F32)?;
         let ids_t = out.ids.to_dtype(DType::U32)?;
-        let chosen: Vec<Vec<f32>> = log_probs
+        let chosen: Vec<Vec<f32>> = logits
             .gather(&ids_t.unsqueeze(2)?, 2)?
             .squeeze(2)?
+            .sub(&logits.log_sum_exp(2)?)?
             .to_vec2()?;
         let ids: Vec<Vec<u32>> = ids_t.to_vec2()?;
         let exits: Vec<Vec<u32>> = out.exit_layers.to_dtype(DType::U32)?.to_vec2()?;

@@ -108,13 +108,16 @@ pub fn offramp_decisions(
             // Token-major `h W^T` `[rows, vocab]` from the packed table, then the row
             // statistics (bounded: at most MAX_DECISION_ROWS rows, see below).
             if rows <= MAX_DECISION_ROWS {
-                let hc = h.contiguous()?;
-                let hs: Vec<f32> = hc.flatten_all()?.to_vec1()?;
-                let logits = p.matmul_slice(&hs, rows);
-                let bias: Vec<f32> = b.to_dtype(DType::F32)?.to_vec1()?;
+                let logits = p.matmul_vec(h)?;
+                let b = b.to_dtype(DType::F32)?.contiguous()?;
+                let (bs, bl) = b.storage_and_layout();
+                let candle_core::Storage::Cpu(bc) = &*bs else {
+                    return Err(Error::Unsupported("off-ramp bias off the CPU".into()));
+                };
+                let bias = crate::ops::cpu::f32_slice(bc, bl, "off-ramp bias")?;
                 let (ids, ent) = crate::ops::argmax_entropy::argmax_entropy_rows(
                     &logits,
-                    &bias,
+                    bias,
                     rows,
                     with_entropy,
                 );

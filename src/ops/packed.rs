@@ -81,6 +81,34 @@ pub fn available(precision: Precision) -> bool {
     cpu_supports(precision) && !forced_portable()
 }
 
+/// `Ok` when packing for `precision` is [`available`], else why not: the CPU lacks the
+/// instructions, or `ELMER_CPU_KERNELS=portable` turned the kernels off.
+pub fn require(precision: Precision) -> crate::error::Result<()> {
+    if available(precision) {
+        return Ok(());
+    }
+    Err(crate::error::Error::Unsupported(
+        if cpu_supports(precision) {
+            format!(
+                "{} inference on CPU needs the packed kernels, which ELMER_CPU_KERNELS=portable \
+             turns off",
+                precision.name()
+            )
+        } else {
+            format!(
+                "{} inference on CPU needs AVX-512F{}, which this CPU lacks; load as f32 (the \
+             default)",
+                precision.name(),
+                if precision == Precision::Bf16 {
+                    " and AVX512_BF16"
+                } else {
+                    ""
+                }
+            )
+        },
+    ))
+}
+
 /// f32 -> bf16 bits, rounding to nearest even (NaN stays NaN).
 #[inline(always)]
 fn bf16_bits(x: f32) -> u16 {
@@ -190,16 +218,29 @@ impl PackedMatrix {
                 self.k
             );
         }
+        let y = self.matmul_vec(x)?;
+        Tensor::from_vec(y, (m, self.n), &Device::Cpu)
+    }
+
+    /// [`matmul`](Self::matmul) into a row-major `[m, n]` vector; `x` is read in place when
+    /// it is contiguous f32.
+    pub fn matmul_vec(&self, x: &Tensor) -> candle_core::Result<Vec<f32>> {
+        let (m, k) = x.dims2()?;
+        if k != self.k {
+            candle_core::bail!(
+                "packed matmul: x has {k} features, the packed matrix {}",
+                self.k
+            );
+        }
         let x = x.to_dtype(DType::F32)?.contiguous()?;
         let (xs, xl) = x.storage_and_layout();
-        let y = match &*xs {
+        match &*xs {
             Storage::Cpu(s) => {
                 let v = super::cpu::f32_slice(s, xl, "packed matmul x")?;
-                self.matmul_slice(v, m)
+                Ok(self.matmul_slice(v, m))
             }
             _ => candle_core::bail!("packed matmul: x is not on the CPU"),
-        };
-        Tensor::from_vec(y, (m, self.n), &Device::Cpu)
+        }
     }
 
     /// `x W^T` for `x` `[m, k]` row-major: `[m, n]` row-major.
@@ -459,6 +500,33 @@ struct Tile {
     first: bool,
 }
 
+/// Runs tile kernel `$kernel::<R, P>(t, x, w, y)` for `R = rows` (1..=8) and `P = np`
+/// (1..=3): the const parameters the register tiles are unrolled for.
+#[cfg(target_arch = "x86_64")]
+macro_rules! dispatch_tile {
+    ($kernel:ident, $rows:expr, $np:expr, $($arg:expr),*) => {{
+        macro_rules! go {
+            ($r:literal) => {
+                match $np {
+                    1 => x86::$kernel::<$r, 1>($($arg),*),
+                    2 => x86::$kernel::<$r, 2>($($arg),*),
+                    _ => x86::$kernel::<$r, 3>($($arg),*),
+                }
+            };
+        }
+        match $rows {
+            1 => go!(1),
+            2 => go!(2),
+            3 => go!(3),
+            4 => go!(4),
+            5 => go!(5),
+            6 => go!(6),
+            7 => go!(7),
+            _ => go!(8),
+        }
+    }};
+}
+
 /// Runs the f32 tile for `rows` (1..=8) x `np` (1..=3) panels.
 #[cfg(target_arch = "x86_64")]
 unsafe fn f32_tile_dispatch(
@@ -469,25 +537,7 @@ unsafe fn f32_tile_dispatch(
     w: *const f32,
     y: *mut f32,
 ) {
-    macro_rules! go {
-        ($r:literal) => {
-            match np {
-                1 => x86::f32_tile::<$r, 1>(t, x, w, y),
-                2 => x86::f32_tile::<$r, 2>(t, x, w, y),
-                _ => x86::f32_tile::<$r, 3>(t, x, w, y),
-            }
-        };
-    }
-    match rows {
-        1 => go!(1),
-        2 => go!(2),
-        3 => go!(3),
-        4 => go!(4),
-        5 => go!(5),
-        6 => go!(6),
-        7 => go!(7),
-        _ => go!(8),
-    }
+    dispatch_tile!(f32_tile, rows, np, t, x, w, y)
 }
 
 /// Runs the bf16 tile for `rows` (1..=8) x `np` (1..=3) panels.
@@ -500,25 +550,7 @@ unsafe fn bf16_tile_dispatch(
     w: *const u16,
     y: *mut f32,
 ) {
-    macro_rules! go {
-        ($r:literal) => {
-            match np {
-                1 => x86::bf16_tile::<$r, 1>(t, x, w, y),
-                2 => x86::bf16_tile::<$r, 2>(t, x, w, y),
-                _ => x86::bf16_tile::<$r, 3>(t, x, w, y),
-            }
-        };
-    }
-    match rows {
-        1 => go!(1),
-        2 => go!(2),
-        3 => go!(3),
-        4 => go!(4),
-        5 => go!(5),
-        6 => go!(6),
-        7 => go!(7),
-        _ => go!(8),
-    }
+    dispatch_tile!(bf16_tile, rows, np, t, x, w, y)
 }
 
 #[cfg(test)]

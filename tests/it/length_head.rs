@@ -42,6 +42,23 @@ fn cg_with_head(bias: impl Fn(usize) -> f32, scale: f32) -> (ElmerModel, Vec<Vec
     (model, rows, bdata)
 }
 
+/// The cg fixture's tensors plus an all-zero length head, built with config `cfg`.
+fn cg_with_zero_head(cfg: elmer::ElmerConfig) -> ElmerModel {
+    let (_, w, _) =
+        elmer::checkpoint::load_dir(model_dir("cg"), &elmer::LoadOptions::default()).unwrap();
+    let n = cfg.max_position_embeddings + 1;
+    let mut map = w.map().clone();
+    map.insert(
+        "length_head.weight".into(),
+        Tensor::zeros((n, cfg.d_model), DType::F32, &Device::Cpu).unwrap(),
+    );
+    map.insert(
+        "length_head.bias".into(),
+        Tensor::zeros(n, DType::F32, &Device::Cpu).unwrap(),
+    );
+    ElmerModel::from_weights(cfg, &elmer::checkpoint::Weights::new(map)).unwrap()
+}
+
 fn sources(seed: u64, n: usize) -> Vec<Vec<u32>> {
     let mut rng = StdRng::seed_from_u64(seed);
     (0..n)
@@ -217,25 +234,12 @@ fn generation_decodes_each_predicted_slot() {
             assert_eq!(g.ids, row[..end].to_vec(), "offset {offset}");
         }
     }
-    let (cfg_rec, w, _) =
+    let (cfg_rec, _, _) =
         elmer::checkpoint::load_dir(model_dir("cg"), &elmer::LoadOptions::default()).unwrap();
-    let mut with_head = w.map().clone();
     let n = cfg_rec.max_position_embeddings + 1;
-    with_head.insert(
-        "length_head.weight".into(),
-        Tensor::zeros((n, cfg_rec.d_model), DType::F32, &Device::Cpu).unwrap(),
-    );
-    with_head.insert(
-        "length_head.bias".into(),
-        Tensor::zeros(n, DType::F32, &Device::Cpu).unwrap(),
-    );
     let mut recorded = cfg_rec.clone();
     recorded.elmer_length_offset = Some(3);
-    let m = ElmerModel::from_weights(
-        recorded.clone(),
-        &elmer::checkpoint::Weights::new(with_head),
-    )
-    .unwrap();
+    let m = cg_with_zero_head(recorded.clone());
     assert_eq!(Generator::new(&m, cfg.clone()).unwrap().length_offset(), 3);
     recorded.elmer_length_offset = Some(-(n as i64) - 5);
     let e = recorded.validate().unwrap_err();
@@ -483,21 +487,7 @@ fn the_length_beam_keeps_the_most_probable_candidate() {
         Generator::new(&m, cfg.clone()).unwrap().length_candidates(),
         1
     );
-    let n = cfg_rec.max_position_embeddings + 1;
-    let mut with_head = w.map().clone();
-    with_head.insert(
-        "length_head.weight".into(),
-        Tensor::zeros((n, cfg_rec.d_model), DType::F32, &Device::Cpu).unwrap(),
-    );
-    with_head.insert(
-        "length_head.bias".into(),
-        Tensor::zeros(n, DType::F32, &Device::Cpu).unwrap(),
-    );
-    let m = ElmerModel::from_weights(
-        recorded.clone(),
-        &elmer::checkpoint::Weights::new(with_head),
-    )
-    .unwrap();
+    let m = cg_with_zero_head(recorded.clone());
     assert_eq!(
         Generator::new(&m, cfg.clone()).unwrap().length_candidates(),
         3

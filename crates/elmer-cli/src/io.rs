@@ -204,7 +204,8 @@ pub enum DtypeArg {
     /// On CPU: the dense layers and off-ramps in bf16 (AVX512_BF16; refused without it),
     /// the rest in f32. On CUDA: bf16 throughout.
     Bf16,
-    /// f16 throughout (CUDA only).
+    /// f16 weights and activations throughout: meant for CUDA; on CPU it runs through
+    /// candle's f16 kernels, slower than f32 and with f16 rounding everywhere.
     F16,
 }
 

@@ -99,48 +99,27 @@ pub fn run(a: &Args) -> Result<()> {
         .min(model.max_source_len());
     let before = ElmerConfig::from_file(&path)?;
     let mut cfg = before.clone();
+    let validation = Validation::new(
+        task,
+        &tok,
+        &valid,
+        max_len,
+        max_src,
+        a.gen_batch_size,
+        None,
+        Some(candidates),
+        elmer::TargetLength::Auto,
+    );
     if model.has_length_head() {
-        let validation = Validation::new(
-            task,
-            &tok,
-            &valid,
-            max_len,
-            max_src,
-            a.gen_batch_size,
-            None,
-            Some(candidates),
-            elmer::TargetLength::Auto,
-        );
         let off = validation.choose_length_offset(&model, &policy)?;
         cfg.elmer_length_offset = Some(off);
         cfg.elmer_length_candidates = (candidates > 1).then_some(candidates);
         cfg.save(&path)?;
     }
     if let ExitPolicy::Hard { .. } = policy {
-        // With the offset just recorded.
+        // With the offset just recorded (the reloaded model reads it).
         let model = io::load_dir(dir, &opts)?;
-        let validation = Validation::new(
-            task,
-            &tok,
-            &valid,
-            max_len,
-            max_src,
-            a.gen_batch_size,
-            None,
-            Some(candidates),
-            elmer::TargetLength::Auto,
-        );
-        let chosen = match validation.choose_threshold(&model, a.hard_max_loss)? {
-            Some(t) => format!("hard:{t}"),
-            None => {
-                tracing::warn!(
-                    "no hard-exit threshold keeps the validation score within {:.0}% of the last \
-                     layer's; recording last",
-                    100.0 * a.hard_max_loss
-                );
-                "last".to_string()
-            }
-        };
+        let chosen = validation.hard_policy(&model, a.hard_max_loss)?;
         cfg.elmer_exit_policy = Some(chosen);
     } else if a.exit.is_some() {
         cfg.elmer_exit_policy = Some(policy.name());

@@ -332,19 +332,7 @@ pub fn run(a: &Args) -> Result<()> {
     }
     let hard_policy = || -> Result<String> {
         let model = io::load_dir(&best, &elmer::LoadOptions::on(Device::Cpu))?;
-        Ok(
-            match validation.choose_threshold(&model, a.hard_max_loss)? {
-                Some(t) => format!("hard:{t}"),
-                None => {
-                    tracing::warn!(
-                        "no hard-exit threshold keeps the validation score within {:.0}% of the \
-                     last layer's; recording last",
-                        100.0 * a.hard_max_loss
-                    );
-                    "last".to_string()
-                }
-            },
-        )
+        validation.hard_policy(&model, a.hard_max_loss)
     };
     let policy = match mode {
         FinetuneMode::Soft { .. } | FinetuneMode::SoftAndHard { .. } => "soft".to_string(),

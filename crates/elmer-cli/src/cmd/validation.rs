@@ -133,4 +133,20 @@ impl Validation {
         }
         Ok(chosen)
     }
+
+    /// The hard-exit policy to record: `hard:<t>` at the threshold
+    /// [`choose_threshold`](Self::choose_threshold) picks, else `last` (with a warning).
+    pub(crate) fn hard_policy(&self, model: &ElmerModel, max_loss: f64) -> Result<String> {
+        Ok(match self.choose_threshold(model, max_loss)? {
+            Some(t) => format!("hard:{t}"),
+            None => {
+                tracing::warn!(
+                    "no hard-exit threshold keeps the validation score within {:.0}% of the \
+                     last layer's; recording last",
+                    100.0 * max_loss
+                );
+                "last".to_string()
+            }
+        })
+    }
 }
