@@ -89,6 +89,8 @@ impl Attention {
         let scores = q.matmul(&kv.k.t()?)?;
         let probs = if !mode.is_train() && fused::masked_softmax_(&scores, self.scaling, mask)? {
             scores
+        } else if let Some(p) = fused_train_softmax(&scores, self.scaling, mask, mode)? {
+            dropout(&p, self.dropout, mode)?
         } else {
             let scores = (scores * self.scaling)?;
             let scores = match mask {
@@ -113,4 +115,17 @@ impl Attention {
         let kv = self.key_value(x_kv)?;
         self.attend(x_q, &kv, mask, mode)
     }
+}
+
+/// The training forward's softmax as one differentiable CPU op (`None`: use candle ops).
+fn fused_train_softmax(
+    scores: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+    mode: Mode,
+) -> candle_core::Result<Option<Tensor>> {
+    if !mode.is_train() {
+        return Ok(None);
+    }
+    crate::ops::training::masked_softmax(scores, scale, mask)
 }

@@ -1,5 +1,6 @@
 //! Layer norm with weight and bias over the last dimension (BART's eps 1e-5): candle's fused
-//! kernel at inference, `layer_norm_slow` (differentiable) in training.
+//! kernel at inference; in training the fused differentiable CPU op of [`crate::ops::training`]
+//! (`layer_norm_slow`, composed candle ops, on other devices and dtypes).
 
 use candle_core::{Module, Tensor};
 
@@ -35,6 +36,11 @@ impl LayerNorm {
     /// Normalises over the last dimension.
     pub fn forward(&self, xs: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
         if mode.is_train() {
+            if let Some(y) =
+                crate::ops::training::layer_norm(xs, &self.weight, &self.bias, self.eps)?
+            {
+                return Ok(y);
+            }
             candle_nn::ops::layer_norm_slow(xs, &self.weight, &self.bias, self.eps as f32)
         } else {
             self.fused.forward(&xs.contiguous()?)

@@ -90,6 +90,11 @@ impl Linear {
     /// `act(x W^T + b)`: the product from the few-row kernel or candle's matmul, then bias and
     /// activation fused in place where possible, candle ops otherwise.
     fn apply(&self, xs: &Tensor, act: Option<Activation>) -> candle_core::Result<Tensor> {
+        if self.packed.is_none() && (xs.track_op() || self.weight.track_op()) {
+            if let Some(y) = self.apply_training(xs, act)? {
+                return Ok(y);
+            }
+        }
         let dims = xs.dims();
         let in_dim = dims[dims.len() - 1];
         let rows = xs.elem_count() / in_dim.max(1);
@@ -126,5 +131,36 @@ impl Linear {
             None => y,
         };
         y.reshape(out_dims)
+    }
+
+    /// The training forward on the CPU: the product and bias as one differentiable node
+    /// ([`crate::ops::training::linear`]), exact GELU fused with the bias; `None` where those
+    /// ops do not apply (then candle's ops run).
+    fn apply_training(
+        &self,
+        xs: &Tensor,
+        act: Option<Activation>,
+    ) -> candle_core::Result<Option<Tensor>> {
+        use crate::ops::training;
+        let gelu_bias = match (act, &self.bias) {
+            (Some(Activation::Gelu), Some(b)) => Some(b),
+            _ => None,
+        };
+        let bias = if gelu_bias.is_some() {
+            None
+        } else {
+            self.bias.as_ref()
+        };
+        let Some(y) = training::linear(xs, &self.weight, bias)? else {
+            return Ok(None);
+        };
+        Ok(Some(match (gelu_bias, act) {
+            (Some(b), _) => match training::bias_gelu(&y, b)? {
+                Some(z) => z,
+                None => y.broadcast_add(b)?.gelu_erf()?,
+            },
+            (None, Some(a)) => a.apply(&y)?,
+            (None, None) => y,
+        }))
     }
 }

@@ -101,6 +101,44 @@ pub(crate) fn exp_nonpositive(x_in: f32) -> f32 {
     }
 }
 
+/// `erf(x)`, Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7).
+#[inline(always)]
+pub(crate) fn erf_approx(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let p = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_72) * t
+        + 0.254_829_6)
+        * t;
+    let y = 1.0 - p * exp_nonpositive(-a * a);
+    y.copysign(x)
+}
+
+/// Defines `fn $name(args) -> ret` from a body compiled twice, generic and with
+/// `#[target_feature(enable = "avx2,fma")]`, and picks the second at run time where the CPU
+/// has those features ([`has_avx2_fma`]): row loops around the inlined `exp` / `erf` here
+/// vectorise 8 wide instead of 4.
+macro_rules! avx2_dispatch {
+    ($(#[$m:meta])* fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if $crate::ops::cpu::has_avx2_fma() {
+                // SAFETY: the CPU supports the enabled target features (checked just above).
+                return unsafe { avx2($($arg),*) };
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(crate) use avx2_dispatch;
+
 /// Whether the CPU has AVX2 and FMA, so the `#[target_feature(enable = "avx2,fma")]`
 /// instances of the kernels in [`crate::ops`] may run
 /// (checked once, then cached by std).

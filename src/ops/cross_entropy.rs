@@ -8,7 +8,86 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use super::cpu::{f32_slice, par_rows, u32_slice};
+use super::cpu::{avx2_dispatch, exp_nonpositive, f32_slice, par_rows, u32_slice};
+
+/// Largest value of `x + b`, lane-wise so it vectorises.
+#[inline(always)]
+fn max_biased(x: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let (mut xc, mut bc) = (x.chunks_exact(16), b.chunks_exact(16));
+    for (xs, bs) in (&mut xc).zip(&mut bc) {
+        for k in 0..16 {
+            let v = xs[k] + bs[k];
+            lanes[k] = if v > lanes[k] { v } else { lanes[k] };
+        }
+    }
+    let tail = xc
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(&v, &c)| v + c);
+    lanes
+        .into_iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+avx2_dispatch! {
+    /// NLL of `label` under one row of `x + b`, with label smoothing `eps`.
+    fn nll_row(x: &[f32], b: &[f32], label: usize, eps: f32) -> f32 {
+        let m = max_biased(x, b);
+        let mut lanes = [0f32; 16];
+        let mut sums = [0f32; 16];
+        let (mut xc, mut bc) = (x.chunks_exact(16), b.chunks_exact(16));
+        for (xs, bs) in (&mut xc).zip(&mut bc) {
+            for k in 0..16 {
+                let v = xs[k] + bs[k];
+                lanes[k] += exp_nonpositive(v - m);
+                sums[k] += v;
+            }
+        }
+        let mut s = lanes.iter().sum::<f32>();
+        let mut total = sums.iter().sum::<f32>();
+        for (&v, &c) in xc.remainder().iter().zip(bc.remainder()) {
+            s += exp_nonpositive(v + c - m);
+            total += v + c;
+        }
+        let picked = x[label] + b[label];
+        if eps == 0.0 {
+            m + s.ln() - picked
+        } else {
+            m + s.ln() - (1.0 - eps) * picked - eps * total / x.len() as f32
+        }
+    }
+}
+
+avx2_dispatch! {
+    /// `g * (softmax(x + b) - (1 - eps) onehot(label) - eps / V)` for one row.
+    fn nll_grad_row(x: &[f32], b: &[f32], label: usize, eps: f32, g: f32, o: &mut [f32]) {
+        let m = max_biased(x, b);
+        let mut lanes = [0f32; 16];
+        let (mut oc, mut xc, mut bc) = (o.chunks_exact_mut(16), x.chunks_exact(16), b.chunks_exact(16));
+        for ((os, xs), bs) in (&mut oc).zip(&mut xc).zip(&mut bc) {
+            for k in 0..16 {
+                let e = exp_nonpositive(xs[k] + bs[k] - m);
+                os[k] = e;
+                lanes[k] += e;
+            }
+        }
+        let mut s = lanes.iter().sum::<f32>();
+        for ((o, &v), &c) in oc.into_remainder().iter_mut().zip(xc.remainder()).zip(bc.remainder()) {
+            let e = exp_nonpositive(v + c - m);
+            *o = e;
+            s += e;
+        }
+        let scale = g / s;
+        let uniform = g * eps / x.len() as f32;
+        for o in o.iter_mut() {
+            *o = *o * scale - uniform;
+        }
+        o[label] -= g * (1.0 - eps);
+    }
+}
 
 /// Per-row NLL of integer labels under `logits + bias`; pad rows give 0. With label
 /// smoothing `eps`, the target is `(1 - eps) onehot + eps / V`:
@@ -50,20 +129,7 @@ impl CustomOp3 for CrossEntropy {
                 o[0] = 0.0;
                 return;
             }
-            let row = &x[r * cols..(r + 1) * cols];
-            let m = row
-                .iter()
-                .zip(b)
-                .map(|(&v, &c)| v + c)
-                .fold(f32::NEG_INFINITY, f32::max);
-            let s: f32 = row.iter().zip(b).map(|(&v, &c)| (v + c - m).exp()).sum();
-            let picked = row[label as usize] + b[label as usize];
-            o[0] = if self.eps == 0.0 {
-                m + s.ln() - picked
-            } else {
-                let mean = row.iter().zip(b).map(|(&v, &c)| v + c).sum::<f32>() / cols as f32;
-                m + s.ln() - (1.0 - self.eps) * picked - self.eps * mean
-            };
+            o[0] = nll_row(&x[r * cols..(r + 1) * cols], b, label as usize, self.eps);
         });
         Ok((CpuStorage::F32(out), Shape::from(rows)))
     }
@@ -84,7 +150,7 @@ impl CustomOp3 for CrossEntropy {
                 eps: self.eps,
             },
         )?;
-        let gb = g.sum(0)?;
+        let gb = super::training::column_sum(&g)?;
         Ok((Some(g), None, Some(gb)))
     }
 }
@@ -127,24 +193,14 @@ impl CustomOp3 for CrossEntropyGrad {
             if label == self.pad || label as usize >= cols || g[r] == 0.0 {
                 return;
             }
-            let row = &x[r * cols..(r + 1) * cols];
-            let m = row
-                .iter()
-                .zip(b)
-                .map(|(&v, &c)| v + c)
-                .fold(f32::NEG_INFINITY, f32::max);
-            let mut s = 0f32;
-            for ((o, &v), &c) in o.iter_mut().zip(row).zip(b) {
-                let e = (v + c - m).exp();
-                *o = e;
-                s += e;
-            }
-            let scale = g[r] / s;
-            let uniform = g[r] * self.eps / cols as f32;
-            for o in o.iter_mut() {
-                *o = *o * scale - uniform;
-            }
-            o[label as usize] -= g[r] * (1.0 - self.eps);
+            nll_grad_row(
+                &x[r * cols..(r + 1) * cols],
+                b,
+                label as usize,
+                self.eps,
+                g[r],
+                o,
+            );
         });
         Ok((CpuStorage::F32(out), Shape::from((rows, cols))))
     }

@@ -16,7 +16,7 @@
 
 use candle_core::{CpuStorage, DType, InplaceOp1, InplaceOp2, Layout, Tensor};
 
-use super::cpu::{exp_nonpositive, f32_slice, has_avx2_fma, par_rows};
+use super::cpu::{erf_approx, exp_nonpositive, f32_slice, has_avx2_fma, par_rows};
 use crate::config::Activation;
 
 fn f32_slice_mut<'a>(
@@ -37,18 +37,6 @@ fn f32_slice_mut<'a>(
 /// Whether `t` can be overwritten by an in-place CPU kernel.
 fn inplace_ok(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() && !t.track_op()
-}
-
-/// `erf(x)`, Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7).
-#[inline(always)]
-fn erf_approx(x: f32) -> f32 {
-    let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let p = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_72) * t
-        + 0.254_829_6)
-        * t;
-    let y = 1.0 - p * exp_nonpositive(-a * a);
-    y.copysign(x)
 }
 
 /// Activation applied by [`bias_act_`].
@@ -213,13 +201,18 @@ fn softmax_rows(rows: &mut [f32], tk: usize, scale: f32, mask: Option<&[f32]>) {
 }
 
 /// Rows per (batch) mask: `heads * tq` rows of scores share one mask row.
-struct MaskedSoftmax {
-    scale: f32,
-    rows_per_mask: usize,
+pub(crate) struct MaskedSoftmax {
+    pub(crate) scale: f32,
+    pub(crate) rows_per_mask: usize,
 }
 
 impl MaskedSoftmax {
-    fn run(&self, s: &mut [f32], tk: usize, mask: Option<&[f32]>) -> candle_core::Result<()> {
+    pub(crate) fn run(
+        &self,
+        s: &mut [f32],
+        tk: usize,
+        mask: Option<&[f32]>,
+    ) -> candle_core::Result<()> {
         if tk == 0 || !s.len().is_multiple_of(tk) {
             candle_core::bail!("softmax over {tk} columns of {} scores", s.len());
         }

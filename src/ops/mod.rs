@@ -8,6 +8,7 @@
 //! - [`cross_entropy`]: the training NLL and its gradient over `[rows, vocab]` logits;
 //! - [`fused`]: in-place bias + activation and scaled, masked attention softmax;
 //! - [`gemv`]: dense layers for one to four rows (AR steps, the last active tokens);
+//! - [`training`]: layer norm, bias + GELU and attention softmax with their backward passes;
 //! - [`cpu`]: the shared plumbing (row-parallel loops, storage views, CPU feature checks).
 //!
 //! Every kernel is chosen at run time: it applies only to contiguous f32 CPU tensors (and, for
@@ -22,6 +23,7 @@ pub(crate) mod cross_entropy;
 pub(crate) mod fused;
 pub(crate) mod gemv;
 pub(crate) mod packed;
+pub(crate) mod training;
 
 /// Largest absolute elementwise difference of two same-shaped tensors (unit tests).
 #[cfg(test)]
