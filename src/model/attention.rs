@@ -8,20 +8,34 @@
 //! (paper section 3.2, hard early exit), and so cross-attention keys/values of a fixed encoder
 //! output can be cached across decoder calls.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::checkpoint::Weights;
 use crate::error::Result;
 use crate::nn::{dropout, softmax_last, Linear, Mode};
 use crate::ops::fused;
 
-/// Keys and values of one attention layer, `[batch, heads, len, head_dim]` each.
+/// Keys and values of one attention layer, `[batch, heads, len, head_dim]` each (in
+/// training on the CPU: `[batch, len, d]`, heads not split, for the fused attention core).
 #[derive(Debug, Clone)]
 pub struct KeyValue {
     /// Keys `[batch, heads, len, head_dim]`.
     pub k: Tensor,
     /// Values `[batch, heads, len, head_dim]`.
     pub v: Tensor,
+    /// Whether `k` and `v` are `[batch, len, d]` (heads interleaved, as projected).
+    pub(crate) merged: bool,
+}
+
+impl KeyValue {
+    /// Keys and values split into heads, `[batch, heads, len, head_dim]` each.
+    pub(crate) fn split(k: Tensor, v: Tensor) -> Self {
+        Self {
+            k,
+            v,
+            merged: false,
+        }
+    }
 }
 
 /// BART multi-head attention: `q_proj`, `k_proj`, `v_proj`, `out_proj` (all with bias).
@@ -68,10 +82,16 @@ impl Attention {
 
     /// Projects `x` `[batch, len, d]` to keys and values.
     pub fn key_value(&self, x: &Tensor) -> candle_core::Result<KeyValue> {
-        Ok(KeyValue {
-            k: self.split_heads(&self.k_proj.forward(x)?)?,
-            v: self.split_heads(&self.v_proj.forward(x)?)?,
-        })
+        let (k, v) = (self.k_proj.forward(x)?, self.v_proj.forward(x)?);
+        // Training on the CPU keeps the projections as they are for the fused core (which
+        // has no attention dropout).
+        if x.track_op() && self.dropout == 0.0 && x.device().is_cpu() && k.dtype() == DType::F32 {
+            return Ok(KeyValue { k, v, merged: true });
+        }
+        Ok(KeyValue::split(
+            self.split_heads(&k)?,
+            self.split_heads(&v)?,
+        ))
     }
 
     /// Attends queries from `x_q` `[batch, tq, d]` over `kv`; returns `[batch, tq, d]`.
@@ -83,6 +103,25 @@ impl Attention {
         mode: Mode,
     ) -> candle_core::Result<Tensor> {
         let (b, tq, d) = x_q.dims3()?;
+        if kv.merged {
+            let q = self.q_proj.forward(x_q)?;
+            let ctx = crate::ops::attention::attention(
+                &q,
+                &kv.k,
+                &kv.v,
+                mask,
+                self.num_heads,
+                self.scaling,
+            )?;
+            let ctx = match ctx {
+                Some(ctx) => ctx,
+                None => {
+                    let split = KeyValue::split(self.split_heads(&kv.k)?, self.split_heads(&kv.v)?);
+                    return self.attend(x_q, &split, mask, mode);
+                }
+            };
+            return self.out_proj.forward(&ctx);
+        }
         let q = self.split_heads(&self.q_proj.forward(x_q)?)?;
         // Scaling the scores rather than the queries (BART scales the queries): equal up to
         // rounding, and it lets inference scale, mask and normalise in one in-place pass.

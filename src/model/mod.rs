@@ -87,6 +87,7 @@ impl EncoderOutput {
                     kvs.iter()
                         .map(|kv| {
                             Ok(KeyValue {
+                                merged: kv.merged,
                                 k: pick(&kv.k)?,
                                 v: pick(&kv.v)?,
                             })

@@ -118,9 +118,9 @@ pub(crate) fn erf_approx(x: f32) -> f32 {
 /// has those features ([`has_avx2_fma`]): row loops around the inlined `exp` / `erf` here
 /// vectorise 8 wide instead of 4.
 macro_rules! avx2_dispatch {
-    ($(#[$m:meta])* fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
-        fn $name($($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
             fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]

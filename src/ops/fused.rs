@@ -191,7 +191,7 @@ unsafe fn softmax_avx2(rows: &mut [f32], tk: usize, scale: f32, mask: Option<&[f
     softmax_body(rows, tk, scale, mask)
 }
 
-fn softmax_rows(rows: &mut [f32], tk: usize, scale: f32, mask: Option<&[f32]>) {
+pub(crate) fn softmax_rows(rows: &mut [f32], tk: usize, scale: f32, mask: Option<&[f32]>) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports the enabled target features (checked just above).

@@ -8,6 +8,7 @@
 //! - [`cross_entropy`]: the training NLL and its gradient over `[rows, vocab]` logits;
 //! - [`fused`]: in-place bias + activation and scaled, masked attention softmax;
 //! - [`gemv`]: dense layers for one to four rows (AR steps, the last active tokens);
+//! - [`attention`]: the multi-head attention core with its backward pass (training);
 //! - [`training`]: layer norm, bias + GELU and attention softmax with their backward passes;
 //! - [`cpu`]: the shared plumbing (row-parallel loops, storage views, CPU feature checks).
 //!
@@ -18,6 +19,7 @@
 //! micro-architecture only.
 
 pub(crate) mod argmax_entropy;
+pub(crate) mod attention;
 pub(crate) mod cpu;
 pub(crate) mod cross_entropy;
 pub(crate) mod fused;

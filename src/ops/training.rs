@@ -427,7 +427,7 @@ impl CustomOp2 for SoftmaxOp {
 
 avx2_dispatch! {
     /// One row of `scale * p * (g - sum(g * p))`.
-    fn softmax_grad_row(p: &[f32], g: &[f32], scale: f32, out: &mut [f32]) {
+    pub(crate) fn softmax_grad_row(p: &[f32], g: &[f32], scale: f32, out: &mut [f32]) {
         let mut lanes = [0f32; 16];
         let mut pc = p.chunks_exact(16);
         let mut gc = g.chunks_exact(16);

@@ -125,7 +125,9 @@ impl DecoderLayer {
         let mode = Mode::Eval;
         let new_kv = self.self_attn.key_value(x)?;
         let (k, v) = cache.append(&new_kv.k, &new_kv.v)?;
-        let h = self.self_attn.attend(x, &KeyValue { k, v }, None, mode)?;
+        let h = self
+            .self_attn
+            .attend(x, &KeyValue::split(k, v), None, mode)?;
         let x = self.self_attn_layer_norm.forward(&(x + h)?, mode)?;
         let h = self.encoder_attn.attend(&x, cross, encoder_mask, mode)?;
         let x = self.encoder_attn_layer_norm.forward(&(x + h)?, mode)?;
