@@ -11,6 +11,7 @@
 //! - [`bias_gelu`]: exact GELU of `y + b` (`y` `[..., n]`, `b` `[n]`), gradients for `y`, `b`;
 //! - [`masked_softmax`]: `softmax(scale * s + mask)` over the last dimension (scores
 //!   `[batch, heads, tq, tk]`, additive mask `[batch, 1, 1, tk]`), gradient for `s`;
+//! - [`dropout`]: inverted dropout with a given keep mask, gradient for the input;
 //! - [`linear`]: `x W^T (+ b)` for `x` `[..., in]`, `W` `[out, in]`, `b` `[out]`: one graph
 //!   node instead of five (two reshapes, a transpose, the product, the bias), each of which
 //!   costs candle's backward a zero-filled gradient buffer and an addition.
@@ -504,6 +505,80 @@ pub(crate) fn masked_softmax(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Dropout
+
+/// `x * keep * scale`, one graph node; the backward applies the same mask to the gradient.
+struct DropoutOp {
+    keep: std::sync::Arc<Vec<bool>>,
+    scale: f32,
+}
+
+impl DropoutOp {
+    fn apply(&self, x: &[f32]) -> candle_core::Result<Vec<f32>> {
+        if x.len() != self.keep.len() {
+            candle_core::bail!(
+                "dropout: mask of {} for {} values",
+                self.keep.len(),
+                x.len()
+            );
+        }
+        let mut out = vec![0f32; x.len()];
+        let keep = self.keep.as_slice();
+        const CHUNK: usize = 4096;
+        par_rows(&mut out, CHUNK.min(x.len().max(1)), CHUNK, |c, o| {
+            let start = c * CHUNK;
+            let (xs, ks) = (&x[start..start + o.len()], &keep[start..start + o.len()]);
+            for ((o, &v), &k) in o.iter_mut().zip(xs).zip(ks) {
+                *o = if k { v * self.scale } else { 0.0 };
+            }
+        });
+        Ok(out)
+    }
+}
+
+impl CustomOp1 for DropoutOp {
+    fn name(&self) -> &'static str {
+        "elmer-dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let out = self.apply(f32_slice(s, l, "dropout input")?)?;
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let op = DropoutOp {
+            keep: self.keep.clone(),
+            scale: self.scale,
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&op)?))
+    }
+}
+
+/// Inverted dropout of `x` with the mask `keep` (one flag per element, row-major) and scale
+/// `1 / (1 - p)`, differentiable in `x`; `None` where it does not apply (not f32 on the CPU,
+/// or a mask of another length).
+pub(crate) fn dropout(
+    x: &Tensor,
+    keep: Vec<bool>,
+    scale: f32,
+) -> candle_core::Result<Option<Tensor>> {
+    if !applies(x) || keep.len() != x.elem_count() {
+        return Ok(None);
+    }
+    let op = DropoutOp {
+        keep: std::sync::Arc::new(keep),
+        scale,
+    };
+    Ok(Some(x.contiguous()?.apply_op1(op)?))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Column sums
 
 /// Sums of the rows of a `[rows, n]` matrix, `[n]` (the bias gradient of a dense layer);
@@ -821,6 +896,22 @@ mod tests {
             1e-4,
         );
         check(&[x, w], |t| linear(&t[0], &t[1], None), composed, 1e-4);
+    }
+
+    #[test]
+    fn dropout_matches_composed_ops() {
+        let dev = Device::Cpu;
+        let n = 3 * 4099;
+        let x = Var::from_vec(data(n, 12), (3, 4099), &dev).unwrap();
+        let keep: Vec<bool> = (0..n).map(|i| i % 7 != 3).collect();
+        let mask: Vec<f32> = keep.iter().map(|&k| if k { 1.25 } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(mask, (3, 4099), &dev).unwrap();
+        check(
+            &[x],
+            |t| dropout(&t[0], keep.clone(), 1.25),
+            |t| &t[0] * &mask,
+            1e-6,
+        );
     }
 
     #[test]

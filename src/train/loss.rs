@@ -242,7 +242,12 @@ fn offramp_nll_mean(
 ) -> Result<Tensor> {
     let pad = model.config().pad_token_id;
     let (w, bias) = model.decoder().offramps().projection(layer)?;
-    let logits = rows.matmul(&w.t()?)?;
+    // One graph node for the product on the CPU (the transposed view and its gradient's
+    // copy otherwise).
+    let logits = match crate::ops::training::linear(rows, w, None)? {
+        Some(l) => l,
+        None => rows.matmul(&w.t()?)?,
+    };
     let n = rows.dim(0)? as f64;
     let fused = crate::ops::cross_entropy::cross_entropy_rows_with_bias(
         &logits,
