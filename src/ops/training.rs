@@ -868,7 +868,7 @@ mod tests {
             candle_nn::ops::softmax(&s, D::Minus1)
         };
         check(
-            &[s.clone()],
+            std::slice::from_ref(&s),
             |t| masked_softmax(&t[0], scale, Some(&mask)),
             |t| reference(t, Some(&mask)),
             1e-6,
