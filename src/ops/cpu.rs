@@ -129,7 +129,7 @@ macro_rules! avx2_dispatch {
                 body($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
-            if $crate::ops::cpu::has_avx2_fma() {
+            if $crate::ops::cpu::has_avx2_fma() && !$crate::ops::cpu::generic_forced() {
                 // SAFETY: the CPU supports the enabled target features (checked just above).
                 return unsafe { avx2($($arg),*) };
             }
@@ -138,6 +138,25 @@ macro_rules! avx2_dispatch {
     };
 }
 pub(crate) use avx2_dispatch;
+
+/// Unit tests set this to run the generic bodies of [`avx2_dispatch`] kernels on a CPU that
+/// has AVX2 (both paths tested on one machine).
+#[cfg(test)]
+pub(crate) static GENERIC_ONLY: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the generic bodies are forced (tests only; always `false` otherwise).
+#[inline(always)]
+pub(crate) fn generic_forced() -> bool {
+    #[cfg(test)]
+    {
+        GENERIC_ONLY.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    #[cfg(not(test))]
+    {
+        false
+    }
+}
 
 /// Whether the CPU has AVX2 and FMA, so the `#[target_feature(enable = "avx2,fma")]`
 /// instances of the kernels in [`crate::ops`] may run

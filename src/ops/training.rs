@@ -922,6 +922,65 @@ mod tests {
         assert!(d < 1e-3, "column sums differ by {d}");
     }
 
+    /// The generic bodies of the row kernels give the AVX2 bodies' results (forced through
+    /// `cpu::GENERIC_ONLY`; other tests running meanwhile may take either path, both right).
+    #[test]
+    fn generic_and_avx2_kernels_agree() {
+        use crate::ops::cpu::GENERIC_ONLY;
+        use std::sync::atomic::Ordering;
+        let dev = Device::Cpu;
+        let (rows, d) = (9, 200);
+        let x = Var::from_vec(data(rows * d, 13), (rows, d), &dev).unwrap();
+        let w = Var::from_vec(data(d, 14), d, &dev).unwrap();
+        let b = Var::from_vec(data(d, 15), d, &dev).unwrap();
+        let labels = Tensor::from_vec((0..rows as u32).collect::<Vec<_>>(), rows, &dev).unwrap();
+        let run = || {
+            let ln = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)
+                .unwrap()
+                .unwrap();
+            let ge = bias_gelu(x.as_tensor(), b.as_tensor()).unwrap().unwrap();
+            let s = x.as_tensor().reshape((1, 1, rows, d)).unwrap();
+            let sm = masked_softmax(&s, 0.3, None)
+                .unwrap()
+                .unwrap()
+                .reshape((rows, d))
+                .unwrap();
+            let ce = crate::ops::cross_entropy::cross_entropy_rows_with_bias(
+                x.as_tensor(),
+                &labels,
+                b.as_tensor(),
+                1,
+                0.1,
+            )
+            .unwrap()
+            .unwrap();
+            let loss = (ln.sum_all().unwrap() + (&ge * &sm).unwrap().sum_all().unwrap())
+                .unwrap()
+                .add(&ce.sum_all().unwrap())
+                .unwrap();
+            let g = loss.backward().unwrap();
+            vec![
+                ln,
+                ge,
+                sm,
+                ce,
+                g.get(&x).unwrap().clone(),
+                g.get(&w).unwrap().clone(),
+            ]
+        };
+        GENERIC_ONLY.store(true, Ordering::Relaxed);
+        let generic = run();
+        GENERIC_ONLY.store(false, Ordering::Relaxed);
+        let fast = run();
+        for (i, (a, b)) in generic.iter().zip(&fast).enumerate() {
+            let diff = max_abs_diff(a, b);
+            assert!(
+                diff < 1e-4,
+                "output {i}: generic and AVX2 bodies differ by {diff}"
+            );
+        }
+    }
+
     #[test]
     fn ops_do_not_apply_off_f32() {
         let x = Tensor::zeros((2, 4), DType::F64, &Device::Cpu).unwrap();
