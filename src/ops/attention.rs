@@ -175,30 +175,40 @@ struct AttentionOp {
     mask: Option<Vec<f32>>,
 }
 
-impl AttentionOp {
-    fn dims(&self, lq: &Layout, lk: &Layout, lv: &Layout) -> candle_core::Result<Dims> {
-        let (b, tq, d) = lq.shape().dims3()?;
-        let (bk, tk, dk) = lk.shape().dims3()?;
-        if bk != b || dk != d || lv.dims() != lk.dims() || d % self.heads.max(1) != 0 {
-            candle_core::bail!(
-                "attention: queries {:?}, keys {:?}, values {:?} with {} heads",
-                lq.dims(),
-                lk.dims(),
-                lv.dims(),
-                self.heads
-            );
-        }
-        if self.mask.as_ref().is_some_and(|m| m.len() != b * tk) {
-            candle_core::bail!("attention: mask does not match [{b}, 1, 1, {tk}]");
-        }
-        Ok(Dims {
-            b,
-            tq,
-            tk,
-            d,
-            heads: self.heads,
-        })
+/// The shapes of queries, keys and values `[batch, t, d]` for `heads` heads (and a mask of
+/// `mask_len` values, `[batch, tk]`), and their data.
+#[allow(clippy::type_complexity)]
+fn inputs<'a>(
+    heads: usize,
+    mask_len: Option<usize>,
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+    (s3, l3): (&'a CpuStorage, &Layout),
+) -> candle_core::Result<(Dims, [&'a [f32]; 3])> {
+    let (b, tq, d) = l1.shape().dims3()?;
+    let (bk, tk, dk) = l2.shape().dims3()?;
+    if bk != b || dk != d || l3.dims() != l2.dims() || d % heads.max(1) != 0 {
+        candle_core::bail!(
+            "attention: queries {:?}, keys {:?}, values {:?} with {heads} heads",
+            l1.dims(),
+            l2.dims(),
+            l3.dims()
+        );
     }
+    if mask_len.is_some_and(|m| m != b * tk) {
+        candle_core::bail!("attention: mask does not match [{b}, 1, 1, {tk}]");
+    }
+    let dims = Dims {
+        b,
+        tq,
+        tk,
+        d,
+        heads,
+    };
+    let q = f32_slice(s1, l1, "queries")?;
+    let k = f32_slice(s2, l2, "keys")?;
+    let v = f32_slice(s3, l3, "values")?;
+    Ok((dims, [q, k, v]))
 }
 
 impl CustomOp3 for AttentionOp {
@@ -215,10 +225,8 @@ impl CustomOp3 for AttentionOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dims = self.dims(l1, l2, l3)?;
-        let q = f32_slice(s1, l1, "queries")?;
-        let k = f32_slice(s2, l2, "keys")?;
-        let v = f32_slice(s3, l3, "values")?;
+        let mask_len = self.mask.as_ref().map(Vec::len);
+        let (dims, [q, k, v]) = inputs(self.heads, mask_len, (s1, l1), (s2, l2), (s3, l3))?;
         let Dims { b, tq, tk, d, .. } = dims;
         let mut out = vec![0f32; b * tq * d];
         if tq > 0 {
@@ -294,18 +302,11 @@ impl CustomOp3 for AttentionGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let fwd = AttentionOp {
-            heads: self.heads,
-            scale: self.scale,
-            mask: None,
-        };
-        let dims = fwd.dims(l1, l2, l3)?;
-        let q = f32_slice(s1, l1, "queries")?;
-        let k = f32_slice(s2, l2, "keys")?;
-        let v = f32_slice(s3, l3, "values")?;
+        let mask_len = self.mask.as_ref().map(Vec::len);
+        let (dims, [q, k, v]) = inputs(self.heads, mask_len, (s1, l1), (s2, l2), (s3, l3))?;
         let g = self.grad.as_slice();
         let Dims { b, tq, tk, d, .. } = dims;
-        if g.len() != b * tq * d || self.mask.as_ref().is_some_and(|m| m.len() != b * tk) {
+        if g.len() != b * tq * d {
             candle_core::bail!("attention grad: {} values for [{b}, {tq}, {d}]", g.len());
         }
         let hd = dims.hd();
@@ -433,9 +434,7 @@ mod tests {
     use candle_core::{Device, Var, D};
 
     fn data(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 37 + seed * 11) % 101) as f32 - 50.0) / 40.0)
-            .collect()
+        crate::ops::test_data(n, seed, 40.0)
     }
 
     /// Composed candle ops: split heads, scaled scores, mask, softmax, values, merge.

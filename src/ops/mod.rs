@@ -37,3 +37,11 @@ pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> 
         .and_then(|d| d.to_scalar::<f32>())
         .expect("tensors of the same shape")
 }
+
+/// Deterministic test values in about `[-50 / scale, 50 / scale]` (unit tests).
+#[cfg(test)]
+pub(crate) fn test_data(n: usize, seed: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i * 37 + seed * 11) % 101) as f32 - 50.0) / scale)
+        .collect()
+}

@@ -27,7 +27,7 @@ use super::cpu::{avx2_dispatch, erf_approx, exp_nonpositive, f32_slice, par_rows
 use super::fused::MaskedSoftmax;
 
 /// Whether the fused ops apply to `t`: an f32 tensor on the CPU.
-fn applies(t: &Tensor) -> bool {
+pub(crate) fn applies(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
@@ -61,6 +61,22 @@ fn par_rows_sum(
         total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
     }
     total
+}
+
+/// `rows * n + acc_len` values: the rows `f(r, row_out, acc)` writes, then the sum of the
+/// accumulators (the layout of the gradient ops that also return column sums, split by
+/// `narrow` afterwards).
+fn rows_then_sums(
+    rows: usize,
+    n: usize,
+    acc_len: usize,
+    f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0f32; rows * n + acc_len];
+    let (body, tail) = out.split_at_mut(rows * n);
+    let sums = par_rows_sum(body, n, n, acc_len, f);
+    tail.copy_from_slice(&sums);
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -197,13 +213,10 @@ impl CustomOp3 for LayerNormGrad {
             );
         }
         let rows = x.len() / d;
-        let mut out = vec![0f32; (rows + 2) * d];
-        let (dx, _) = out.split_at_mut(rows * d);
-        let acc = par_rows_sum(dx, d, d, 2 * d, |r, dxr, acc| {
+        let out = rows_then_sums(rows, d, 2 * d, |r, dxr, acc| {
             let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
             layer_norm_grad_row(xr, w, gr, self.eps, dxr, acc)
         });
-        out[rows * d..].copy_from_slice(&acc);
         Ok((CpuStorage::F32(out), Shape::from((rows + 2, d))))
     }
 }
@@ -339,12 +352,9 @@ impl CustomOp3 for BiasGeluGrad {
             );
         }
         let rows = y.len() / n;
-        let mut out = vec![0f32; (rows + 1) * n];
-        let (dy, _) = out.split_at_mut(rows * n);
-        let db = par_rows_sum(dy, n, n, n, |r, o, acc| {
+        let out = rows_then_sums(rows, n, n, |r, o, acc| {
             bias_gelu_grad_row(&y[r * n..(r + 1) * n], b, &g[r * n..(r + 1) * n], o, acc)
         });
-        out[rows * n..].copy_from_slice(&db);
         Ok((CpuStorage::F32(out), Shape::from((rows + 1, n))))
     }
 }
@@ -561,21 +571,21 @@ impl CustomOp1 for DropoutOp {
 }
 
 /// Inverted dropout of `x` with the mask `keep` (one flag per element, row-major) and scale
-/// `1 / (1 - p)`, differentiable in `x`; `None` where it does not apply (not f32 on the CPU,
-/// or a mask of another length).
-pub(crate) fn dropout(
-    x: &Tensor,
-    keep: Vec<bool>,
-    scale: f32,
-) -> candle_core::Result<Option<Tensor>> {
-    if !applies(x) || keep.len() != x.elem_count() {
-        return Ok(None);
+/// `1 / (1 - p)`, differentiable in `x`, for tensors the fused ops apply to ([`applies`]);
+/// errors on a mask of another length.
+pub(crate) fn dropout(x: &Tensor, keep: Vec<bool>, scale: f32) -> candle_core::Result<Tensor> {
+    if keep.len() != x.elem_count() {
+        candle_core::bail!(
+            "dropout: mask of {} for {} values",
+            keep.len(),
+            x.elem_count()
+        );
     }
     let op = DropoutOp {
         keep: std::sync::Arc::new(keep),
         scale,
     };
-    Ok(Some(x.contiguous()?.apply_op1(op)?))
+    x.contiguous()?.apply_op1(op)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -766,9 +776,7 @@ mod tests {
     use candle_core::{Device, Var, D};
 
     fn data(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 37 + seed * 11) % 101) as f32 - 50.0) / 17.0)
-            .collect()
+        crate::ops::test_data(n, seed, 17.0)
     }
 
     /// Value and gradients of `f` against `reference` for the same loss `sum(out * probe)`.
@@ -908,7 +916,7 @@ mod tests {
         let mask = Tensor::from_vec(mask, (3, 4099), &dev).unwrap();
         check(
             &[x],
-            |t| dropout(&t[0], keep.clone(), 1.25),
+            |t| dropout(&t[0], keep.clone(), 1.25).map(Some),
             |t| &t[0] * &mask,
             1e-6,
         );
