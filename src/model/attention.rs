@@ -15,13 +15,13 @@ use crate::error::Result;
 use crate::nn::{dropout, softmax_last, Linear, Mode};
 use crate::ops::fused;
 
-/// Keys and values of one attention layer, `[batch, heads, len, head_dim]` each (in
-/// training on the CPU: `[batch, len, d]`, heads not split, for the fused attention core).
+/// Keys and values of one attention layer, `[batch, heads, len, head_dim]` each (on the CPU
+/// in f32: `[batch, len, d]`, heads not split, as projected, for the fused attention core).
 #[derive(Debug, Clone)]
 pub struct KeyValue {
-    /// Keys `[batch, heads, len, head_dim]`.
+    /// Keys `[batch, heads, len, head_dim]` (CPU f32: `[batch, len, d]`).
     pub k: Tensor,
-    /// Values `[batch, heads, len, head_dim]`.
+    /// Values `[batch, heads, len, head_dim]` (CPU f32: `[batch, len, d]`).
     pub v: Tensor,
     /// Whether `k` and `v` are `[batch, len, d]` (heads interleaved, as projected).
     pub(crate) merged: bool,
@@ -83,11 +83,23 @@ impl Attention {
     /// Projects `x` `[batch, len, d]` to keys and values.
     pub fn key_value(&self, x: &Tensor) -> candle_core::Result<KeyValue> {
         let (k, v) = (self.k_proj.forward(x)?, self.v_proj.forward(x)?);
-        // Training on the CPU keeps the projections as they are for the fused core (which
-        // has no attention dropout).
-        if x.track_op() && self.dropout == 0.0 && x.device().is_cpu() && k.dtype() == DType::F32 {
+        // On the CPU in f32 the projections stay as they are for the fused core. It has no
+        // attention dropout: training with dropout splits the heads here, and `attend`
+        // splits them late if a merged pair meets training mode with dropout.
+        let training_with_dropout = x.track_op() && self.dropout > 0.0;
+        if !training_with_dropout && x.device().is_cpu() && k.dtype() == DType::F32 {
             return Ok(KeyValue { k, v, merged: true });
         }
+        Ok(KeyValue::split(
+            self.split_heads(&k)?,
+            self.split_heads(&v)?,
+        ))
+    }
+
+    /// Keys and values split into heads whatever the device, `[batch, heads, len,
+    /// head_dim]` (the autoregressive cache grows along `len`).
+    pub(crate) fn key_value_split(&self, x: &Tensor) -> candle_core::Result<KeyValue> {
+        let (k, v) = (self.k_proj.forward(x)?, self.v_proj.forward(x)?);
         Ok(KeyValue::split(
             self.split_heads(&k)?,
             self.split_heads(&v)?,
@@ -105,14 +117,18 @@ impl Attention {
         let (b, tq, d) = x_q.dims3()?;
         if kv.merged {
             let q = self.q_proj.forward(x_q)?;
-            let ctx = crate::ops::attention::attention(
-                &q,
-                &kv.k,
-                &kv.v,
-                mask,
-                self.num_heads,
-                self.scaling,
-            )?;
+            let ctx = if mode.is_train() && self.dropout > 0.0 {
+                None
+            } else {
+                crate::ops::attention::attention(
+                    &q,
+                    &kv.k,
+                    &kv.v,
+                    mask,
+                    self.num_heads,
+                    self.scaling,
+                )?
+            };
             let ctx = match ctx {
                 Some(ctx) => ctx,
                 None => {

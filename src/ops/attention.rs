@@ -1,6 +1,6 @@
-//! Fused multi-head attention core with its backward pass, for training on the CPU (the
-//! encoder's self-attention and the NAR decoder's bidirectional self- and cross-attention,
-//! paper section 3.2).
+//! Fused multi-head attention core with its backward pass, on the CPU in f32, for training and
+//! inference (the encoder's self-attention and the NAR decoder's bidirectional self- and
+//! cross-attention, paper section 3.2).
 //!
 //! `ctx = softmax(scale * q k^T + mask) v`, per head, as one graph node: queries `[batch, tq,
 //! d]`, keys and values `[batch, tk, d]` with the heads interleaved in `d` (as the projections
@@ -8,9 +8,11 @@
 //! candle ops the same computation is about fifteen nodes (head splits, transposes, copies,
 //! two batched products, scale, mask, softmax, the merge), two of them score-sized
 //! (`[batch, heads, tq, tk]`), and candle's backward zero-fills and adds a buffer for each.
-//! Here each batch element is one task: per head, the scores live in a scratch buffer, the
-//! products are single-threaded `gemm` calls on strided views of the inputs (no copies), and
-//! the backward recomputes the probabilities instead of keeping them.
+//! Here the forward runs one task per (batch element, head), so batch-1 inference uses every
+//! thread: the scores live in a scratch buffer, the products are single-threaded `gemm` calls
+//! on strided views of the inputs (no copies), and each task writes its head's columns of the
+//! result. The backward runs one task per batch element and recomputes the probabilities
+//! instead of keeping them.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -37,7 +39,7 @@ fn fits(len: usize, off: usize, rows: usize, cols: usize, rs: usize, cs: usize) 
 /// stride), on the calling thread.
 #[allow(clippy::too_many_arguments)]
 fn gemm_into(
-    (m, n, k): (usize, usize, usize),
+    mnk: (usize, usize, usize),
     c: &mut [f32],
     c_off: usize,
     c_rs: usize,
@@ -46,8 +48,41 @@ fn gemm_into(
     b: View,
     scale: f32,
 ) {
+    // SAFETY: `c` is borrowed mutably for the call, so nothing else reads or writes it, and
+    // it does not alias `a` or `b` (distinct borrows).
+    unsafe {
+        gemm_ptr(
+            mnk,
+            (c.as_mut_ptr(), c.len()),
+            c_off,
+            c_rs,
+            accumulate,
+            a,
+            b,
+            scale,
+        )
+    }
+}
+
+/// [`gemm_into`] on a raw output buffer of `c_len` values, for tasks that write disjoint
+/// blocks of one buffer (each head its own columns).
+///
+/// # Safety
+/// `c` must be valid for writes of `c_len` values, not alias `a` or `b`, and no other thread
+/// may read or write the `m x n` block at `c_off` (row stride `c_rs`) during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_ptr(
+    (m, n, k): (usize, usize, usize),
+    (c, c_len): (*mut f32, usize),
+    c_off: usize,
+    c_rs: usize,
+    accumulate: bool,
+    a: View,
+    b: View,
+    scale: f32,
+) {
     assert!(
-        fits(c.len(), c_off, m, n, c_rs, 1)
+        fits(c_len, c_off, m, n, c_rs, 1)
             && fits(a.data.len(), a.off, m, k, a.rs, a.cs)
             && fits(b.data.len(), b.off, k, n, b.rs, b.cs),
         "attention: strided view out of bounds"
@@ -58,19 +93,21 @@ fn gemm_into(
     if k == 0 {
         if !accumulate {
             for i in 0..m {
-                c[c_off + i * c_rs..c_off + i * c_rs + n].fill(0.0);
+                // SAFETY: row i of the block lies inside the buffer (checked above), and the
+                // caller guarantees exclusive access to the block.
+                unsafe { std::slice::from_raw_parts_mut(c.add(c_off + i * c_rs), n) }.fill(0.0);
             }
         }
         return;
     }
-    // SAFETY: every view was checked above to lie inside its slice; `c` is borrowed mutably
-    // and does not alias `a` or `b` (distinct borrows).
+    // SAFETY: every view was checked above to lie inside its buffer; the caller guarantees
+    // that the output block is not aliased.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr().add(c_off),
+            c.add(c_off),
             1,
             c_rs as isize,
             accumulate,
@@ -109,6 +146,12 @@ fn col_major(data: &[f32], n: usize) -> View<'_> {
         cs: n,
     }
 }
+
+/// An output pointer shared by tasks that write disjoint blocks (see [`gemm_ptr`]).
+struct SendPtr(*mut f32);
+// SAFETY: the tasks sharing it write disjoint blocks only (the contract of `gemm_ptr`).
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
 
 /// Shapes of one call: batch, query and key lengths, model width, heads and head width.
 #[derive(Clone, Copy, Debug)]
@@ -228,29 +271,38 @@ impl CustomOp3 for AttentionOp {
         let mask_len = self.mask.as_ref().map(Vec::len);
         let (dims, [q, k, v]) = inputs(self.heads, mask_len, (s1, l1), (s2, l2), (s3, l3))?;
         let Dims { b, tq, tk, d, .. } = dims;
+        let hd = dims.hd();
         let mut out = vec![0f32; b * tq * d];
         if tq > 0 {
-            out.par_chunks_mut(tq * d).enumerate().for_each(|(bi, o)| {
-                let mut p = vec![0f32; tq * tk];
-                for h in 0..self.heads {
-                    probabilities(
-                        dims,
-                        (q, k),
-                        self.mask.as_deref(),
-                        self.scale,
-                        (bi, h),
-                        &mut p,
-                    );
-                    let pv = View {
-                        data: &p,
-                        off: 0,
-                        rs: tk,
-                        cs: 1,
-                    };
+            // One task per (batch element, head), so that batch 1 (inference) uses every
+            // thread too; each writes its head's columns of its batch element's rows.
+            let dst = SendPtr(out.as_mut_ptr());
+            let len = out.len();
+            (0..b * self.heads).into_par_iter().for_each_init(
+                || vec![0f32; tq * tk],
+                |p, task| {
+                    let (bi, h) = (task / self.heads, task % self.heads);
+                    let mask = self.mask.as_deref();
+                    probabilities(dims, (q, k), mask, self.scale, (bi, h), p);
                     let vh = dims.head(v, tk, bi, h);
-                    gemm_into((tq, dims.hd(), tk), o, h * dims.hd(), d, false, pv, vh, 1.0);
-                }
-            });
+                    let dst = &dst;
+                    // SAFETY: `out` outlives the loop and is not otherwise borrowed in it;
+                    // the block of task (bi, h), rows bi * tq.. of columns h * hd..(h + 1) *
+                    // hd, is written by this task only.
+                    unsafe {
+                        gemm_ptr(
+                            (tq, hd, tk),
+                            (dst.0, len),
+                            bi * tq * d + h * hd,
+                            d,
+                            false,
+                            row_major(p, tk),
+                            vh,
+                            1.0,
+                        )
+                    }
+                },
+            );
         }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -499,6 +551,24 @@ mod tests {
                 let diff = max_abs_diff(ga.get(var).unwrap(), gr.get(var).unwrap());
                 assert!(diff < 1e-4, "gradient of {name} differs by {diff}");
             }
+        }
+    }
+
+    #[test]
+    fn inference_at_batch_one_matches_composed_ops() {
+        // No gradients, one batch element, many heads: the head-parallel forward alone.
+        let dev = Device::Cpu;
+        let (b, tq, tk, d, heads) = (1, 5, 11, 48, 8);
+        let q = Tensor::from_vec(data(b * tq * d, 5), (b, tq, d), &dev).unwrap();
+        let k = Tensor::from_vec(data(b * tk * d, 6), (b, tk, d), &dev).unwrap();
+        let v = Tensor::from_vec(data(b * tk * d, 7), (b, tk, d), &dev).unwrap();
+        let mut m = vec![0f32; b * tk];
+        m[2] = f32::MIN;
+        let mask = Tensor::from_vec(m, (b, 1, 1, tk), &dev).unwrap();
+        for mask in [Some(&mask), None] {
+            let a = attention(&q, &k, &v, mask, heads, 0.3).unwrap().unwrap();
+            let r = composed(&q, &k, &v, mask, heads, 0.3).unwrap();
+            assert!(max_abs_diff(&a, &r) < 1e-5, "{}", max_abs_diff(&a, &r));
         }
     }
 

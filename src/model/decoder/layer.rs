@@ -123,7 +123,7 @@ impl DecoderLayer {
         encoder_mask: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let mode = Mode::Eval;
-        let new_kv = self.self_attn.key_value(x)?;
+        let new_kv = self.self_attn.key_value_split(x)?;
         let (k, v) = cache.append(&new_kv.k, &new_kv.v)?;
         let h = self
             .self_attn
