@@ -947,6 +947,8 @@ fn memory() {
 }
 
 fn main() {
+    // As the `elmer` binary does, and as the crate's docs ask library users to do.
+    elmer::limit_pool_spinning();
     if let Ok(id) = std::env::var("ELMER_BENCH_MEMORY_CHILD") {
         memory_child(&id);
         return;

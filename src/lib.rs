@@ -33,6 +33,9 @@
 //! # Ok::<(), elmer::Error>(())
 //! ```
 //!
+//! On the CPU, call [`limit_pool_spinning`] first thing in `main` (the `elmer` binary does):
+//! it keeps candle's idle pool threads from spinning on cores the crate's kernels need.
+//!
 //! `ARCHITECTURE.md` in the repository maps the modules to the paper.
 
 mod batch;
@@ -46,6 +49,7 @@ mod model;
 mod model_dir;
 mod nn;
 mod ops;
+mod runtime;
 mod special_tokens;
 mod tokenizer;
 pub mod train;
@@ -65,6 +69,7 @@ pub use model::exit::{DecodeOptions, DecoderOutput, ExitPolicy, SoftTeacher};
 pub use model::{ElmerModel, EncoderOutput};
 pub use model_dir::{ModelDir, TokenizerFiles};
 pub use nn::Mode;
+pub use runtime::{limit_pool_spinning, POOL_SPIN_LIMIT};
 pub use special_tokens::SpecialTokens;
 pub use tokenizer::{BartTokenizer, EncodedBatch, TokenizerTrainConfig};
 

@@ -124,6 +124,7 @@ enum Command {
 fn main() -> ExitCode {
     alloc::keep_freed_memory();
     threads::share_cores_between_local_ranks();
+    elmer::limit_pool_spinning();
     let cli = Cli::parse();
     logging::init(cli.verbose);
     let res = match &cli.command {
