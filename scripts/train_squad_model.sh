@@ -40,21 +40,32 @@
 #
 #   RUNS=runs scripts/train_squad_model.sh        # all steps
 #   STEPS="export eval" scripts/train_squad_model.sh
-#   MPIRUN="mpirun -np 2" scripts/train_squad_model.sh   # length2 on 2 MPI ranks (the same
-#                                                         # run, 1.5x faster on 2 cores; needs
-#                                                         # the `mpi` feature, see README)
+#   MPIRUN="mpirun -np 2" scripts/train_squad_model.sh   # every training stage on 2 MPI
+#                                                         # ranks sharing the global batch of
+#                                                         # 32 (statistically the same run,
+#                                                         # faster on 2 cores; needs the `mpi`
+#                                                         # feature, see README)
+#   PRESET=medium RUNS=runs-medium scripts/train_squad_model.sh   # another size (elmer init)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
 RUNS=${RUNS:-runs}
 STEPS=${STEPS:-"tokenizer init copy oaxe oaxe-ends length length2 export eval"}
 MPIRUN=${MPIRUN:-}
-if [ -n "$MPIRUN" ]; then
-  cargo build --release -p elmer-cli --features mpi
-else
-  cargo build --release -p elmer-cli
+PRESET=${PRESET:-small}
+# The global batch of 32 examples: one process, or shared by the MPI ranks (-np N).
+NP=1
+if [ -n "$MPIRUN" ]; then NP=$(sed -n 's/.*-np \([0-9]*\).*/\1/p' <<< "$MPIRUN"); NP=${NP:-1}; fi
+B32=(--batch-size $((32 / NP)))
+# ELMER=path runs that binary as it is (no build), e.g. one copied aside for a long run.
+if [ -z "${ELMER:-}" ]; then
+  if [ -n "$MPIRUN" ]; then
+    cargo build --release -p elmer-cli --features mpi
+  else
+    cargo build --release -p elmer-cli
+  fi
+  ELMER=${CARGO_TARGET_DIR:-target}/release/elmer
 fi
-ELMER=${ELMER:-${CARGO_TARGET_DIR:-target}/release/elmer}
 mkdir -p "$RUNS"
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 
@@ -67,9 +78,9 @@ if has tokenizer && [ ! -f "$RUNS/tok8k/tokenizer.json" ]; then
     --corpus "$DATA/squad-qg/src-train.txt" --corpus "$DATA/squad-qg/tgt-train.txt"
 fi
 
-# 2. A fresh model (d 192, 3+3 layers, 4.9M parameters) with that vocabulary.
+# 2. A fresh model (small: d 192, 3+3 layers, 4.9M parameters) with that vocabulary.
 if has init && [ ! -f "$RUNS/init/model.safetensors" ]; then
-  $ELMER init --preset small --tokenizer "$RUNS/tok8k" --out "$RUNS/init" --seed 1
+  $ELMER init --preset "$PRESET" --tokenizer "$RUNS/tok8k" --out "$RUNS/init" --seed 1
 fi
 
 # 3. Copy warm-up: 600 steps of plain last-layer NAR training on source -> source pairs made
@@ -84,8 +95,8 @@ if has copy; then
   cp "$DATA/squad-qg/src-train.txt" "$C/train.src"; cp "$C/train.src" "$C/train.tgt"
   head -n 300 "$DATA/squad-qg/src-dev.txt" > "$C/valid.src"; cp "$C/valid.src" "$C/valid.tgt"
   sed -n 301,350p "$DATA/squad-qg/src-dev.txt" > "$C/test.src"; cp "$C/test.src" "$C/test.tgt"
-  $ELMER finetune --task squad --data "$C" --pretrained "$RUNS/init" --exit last --max-len 24 \
-    --steps 600 --batch-size 32 --lr 1e-3 --eval-every 200 --label-smoothing 0.1 \
+  $MPIRUN $ELMER finetune --task squad --data "$C" --pretrained "$RUNS/init" --exit last --max-len 24 \
+    --steps 600 "${B32[@]}" --lr 1e-3 --eval-every 200 --label-smoothing 0.1 \
     --bucket-pool 16 --select-by loss --limit 50 --latency-samples 1 --out "$RUNS/copy" \
     | tee -a "$RUNS/copy.out"
 fi
@@ -95,8 +106,8 @@ fi
 #    tokens, label smoothing 0.1, length-bucketed batches of 32; the first 1,000 steps of a
 #    2,000-step schedule (lr 5e-4), every row's words matched to the model's positions.
 if has oaxe; then
-  $ELMER finetune --task squad --data "$DATA/squad-qg" --pretrained "$RUNS/copy/best" \
-    --exit soft+hard --oaxe 1 --max-len 24 --batch-size 32 --eval-every 250 \
+  $MPIRUN $ELMER finetune --task squad --data "$DATA/squad-qg" --pretrained "$RUNS/copy/best" \
+    --exit soft+hard --oaxe 1 --max-len 24 "${B32[@]}" --eval-every 250 \
     --label-smoothing 0.1 --bucket-pool 16 --limit 500 --steps 2000 --stop-at 1000 --lr 5e-4 \
     --out "$RUNS/oaxe" | tee -a "$RUNS/oaxe.out"
 fi
@@ -106,9 +117,9 @@ fi
 #    shipped run); best-hard/ records the largest entropy threshold whose validation score
 #    stays within 5 % of the last layer's.
 if has oaxe-ends; then
-  $ELMER finetune --task squad --data "$DATA/squad-qg" \
+  $MPIRUN $ELMER finetune --task squad --data "$DATA/squad-qg" \
     --pretrained "$RUNS/oaxe/checkpoint-0001000" --exit soft+hard --oaxe 1 --oaxe-fixed-ends \
-    --max-len 24 --batch-size 32 --eval-every 250 --label-smoothing 0.1 --bucket-pool 16 \
+    --max-len 24 "${B32[@]}" --eval-every 250 --label-smoothing 0.1 --bucket-pool 16 \
     --limit 500 --steps 1500 --lr 4e-4 --out "$RUNS/squad" | tee -a "$RUNS/squad.out"
 fi
 
@@ -117,9 +128,9 @@ fi
 #    1,000 steps at lr 3e-4 from step 5's best; then `finetune` chooses the offset added to
 #    predicted lengths (-2..+6 on validation) and the hard-exit threshold with it.
 if has length; then
-  $ELMER finetune --task squad --data "$DATA/squad-qg" --pretrained "$RUNS/squad/best" \
+  $MPIRUN $ELMER finetune --task squad --data "$DATA/squad-qg" --pretrained "$RUNS/squad/best" \
     --exit soft+hard --oaxe 1 --oaxe-fixed-ends --train-slot target --length-loss 0.1 \
-    --max-len 24 --batch-size 32 --eval-every 250 --label-smoothing 0.1 --bucket-pool 16 \
+    --max-len 24 "${B32[@]}" --eval-every 250 --label-smoothing 0.1 --bucket-pool 16 \
     --limit 500 --steps 1000 --lr 3e-4 --out "$RUNS/length" | tee -a "$RUNS/length.out"
 fi
 
@@ -128,11 +139,11 @@ fi
 #    MPI ranks of 16 (MPIRUN), which take exactly the same steps.
 if has length2; then
   OFF=$(sed -n 's/.*"elmer_length_offset": *\(-\?[0-9]*\).*/\1/p' "$RUNS/length/best/config.json")
-  if [ -n "$MPIRUN" ]; then SPLIT=(--grad-accum 1); else SPLIT=(--grad-accum 2); fi
+  if [ -n "$MPIRUN" ]; then SPLIT=("${B32[@]}"); else SPLIT=(--batch-size 16 --grad-accum 2); fi
   $MPIRUN $ELMER finetune --task squad --data "$DATA/squad-qg" \
     --pretrained "$RUNS/length/checkpoint-0001000" --exit soft+hard --oaxe 1 \
     --oaxe-fixed-ends --train-slot target --length-loss 0.1 --length-offset "${OFF:-0}" \
-    --max-len 24 --batch-size 16 "${SPLIT[@]}" --eval-every 250 --label-smoothing 0.1 \
+    --max-len 24 "${SPLIT[@]}" --eval-every 250 --label-smoothing 0.1 \
     --bucket-pool 16 --limit 500 --steps 2000 --lr 2e-4 --out "$RUNS/length2" \
     | tee -a "$RUNS/length2.out"
 fi
