@@ -117,7 +117,7 @@ pub fn tokenize_pairs(
 
 /// A validation score for model selection: higher is better (e.g. BLEU-4 of text generated
 /// for validation sources with the exit policy being fine-tuned).
-pub type ValidationScorer = Box<dyn Fn(&ElmerModel) -> Result<f64>>;
+pub type ValidationScorer = Box<dyn Fn(&ElmerModel) -> Result<f64> + Send + Sync>;
 
 /// The fine-tuning objective.
 pub struct FinetuneObjective {

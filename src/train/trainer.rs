@@ -47,8 +47,9 @@ pub struct MicroLoss {
     pub tokens: usize,
 }
 
-/// What a training run optimises.
-pub trait Objective {
+/// What a training run optimises. `Sync`, so that the micro-batches of a step can run on
+/// several threads ([`Trainer::set_micro_batch_threads`]).
+pub trait Objective: Sync {
     /// Loss of micro-batch `micro` of optimizer step `step`. `rng` is seeded by
     /// `(seed, step, micro)`: draw batches, corruption and exits from it.
     fn train_loss(
@@ -203,7 +204,13 @@ pub struct Trainer {
     progress: Option<ProgressFn>,
     comm: Box<dyn Collective>,
     bucket_bytes: usize,
+    /// One single-threaded rayon pool per concurrent micro-batch (empty: one at a time on
+    /// the calling thread).
+    micro_pools: Vec<rayon::ThreadPool>,
 }
+
+/// One micro-batch's loss value, tokens and gradients (trainable parameters, by name).
+type MicroGrads = (f64, usize, Vec<(String, Tensor)>);
 
 /// The progress callback of a [`Trainer`].
 type ProgressFn = Box<dyn FnMut(&StepProgress<'_>)>;
@@ -224,6 +231,54 @@ pub struct StepProgress<'a> {
     pub elapsed_secs: f64,
     /// Estimated seconds to `total_steps` at this run's mean speed.
     pub eta_secs: f64,
+}
+
+/// What one micro-batch of a step needs, shareable between threads.
+struct MicroContext<'a> {
+    model: &'a ElmerModel,
+    trainable: &'a [(String, candle_core::Var)],
+    seed: u64,
+    step: usize,
+    /// The loss is divided by this (micro-batches per step x ranks) before the backward.
+    scale: f64,
+    /// Fail on a non-finite loss here (one process; with several ranks the summed loss is
+    /// checked by every rank instead).
+    check_finite: bool,
+}
+
+impl MicroContext<'_> {
+    /// Loss, backward pass and gradients of micro-batch `micro` (its random draws seeded by
+    /// `(seed, step, micro)`).
+    fn run(&self, obj: &dyn Objective, micro: usize) -> Result<MicroGrads> {
+        let mut rng = StdRng::seed_from_u64(step_seed(self.seed, self.step, micro, 1));
+        let drop_rng = RefCell::new(StdRng::seed_from_u64(step_seed(
+            self.seed, self.step, micro, 2,
+        )));
+        let m = obj.train_loss(
+            self.model,
+            self.step,
+            micro,
+            &mut rng,
+            Mode::Train { rng: &drop_rng },
+        )?;
+        let value = m
+            .loss
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+        if !value.is_finite() && self.check_finite {
+            return Err(Error::invalid_arg(
+                "loss",
+                format!("non-finite training loss {value} at step {}", self.step + 1),
+            ));
+        }
+        let g = (m.loss / self.scale)?.backward()?;
+        let grads = self
+            .trainable
+            .iter()
+            .filter_map(|(name, var)| g.get(var.as_tensor()).map(|gv| (name.clone(), gv.detach())))
+            .collect();
+        Ok((value, m.tokens, grads))
+    }
 }
 
 fn checkpoint_name(step: usize) -> String {
@@ -262,7 +317,40 @@ impl Trainer {
             progress: None,
             comm: Box::new(SingleProcess),
             bucket_bytes: DEFAULT_BUCKET_BYTES,
+            micro_pools: Vec::new(),
         })
+    }
+
+    /// Runs up to `threads` micro-batches of a step at the same time, each on a thread of its
+    /// own whose kernels run single-threaded (a one-thread rayon pool), instead of one after
+    /// the other with every kernel on all cores. The same micro-batches, random draws and
+    /// gradient sums as one at a time (summed in micro-batch order; rounding may differ in the
+    /// last bits). On a machine with few cores this avoids most of the synchronisation of
+    /// multi-threaded small kernels, as data parallelism over processes does; it needs
+    /// `grad_accum >= 2` to have anything to overlap, and candle's elementwise pool should
+    /// then be single-threaded (`CANDLE_NUM_THREADS=1`, set before the first tensor
+    /// operation; the `elmer` binary does this for `--micro-threads`). `1` (the default): off.
+    pub fn set_micro_batch_threads(&mut self, threads: usize) -> Result<()> {
+        if threads == 0 {
+            return Err(Error::invalid_arg(
+                "micro_batch_threads",
+                "must be at least 1",
+            ));
+        }
+        self.micro_pools = if threads == 1 {
+            Vec::new()
+        } else {
+            (0..threads)
+                .map(|i| {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .thread_name(move |_| format!("elmer-micro-{i}"))
+                        .build()
+                        .map_err(|e| Error::invalid_arg("micro_batch_threads", e.to_string()))
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        Ok(())
     }
 
     /// Trains data-parallel over `comm` (see [`super::distributed`]): this process is rank
@@ -505,50 +593,69 @@ impl Trainer {
         let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut loss_sum = 0.0;
         let mut tokens = 0;
-        for micro in first_micro..first_micro + accum {
-            let mut rng = StdRng::seed_from_u64(step_seed(self.config.seed, step, micro, 1));
-            let drop_rng = RefCell::new(StdRng::seed_from_u64(step_seed(
-                self.config.seed,
-                step,
-                micro,
-                2,
-            )));
-            let m = obj.train_loss(
-                &self.model,
-                step,
-                micro,
-                &mut rng,
-                Mode::Train { rng: &drop_rng },
-            )?;
-            let value = m
-                .loss
-                .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?;
-            if !value.is_finite() && world == 1 {
-                return Err(Error::invalid_arg(
-                    "loss",
-                    format!("non-finite training loss {value} at step {}", step + 1),
-                ));
+        let trainable: Vec<(String, candle_core::Var)> = self
+            .params
+            .vars()
+            .iter()
+            .filter(|(name, _)| self.trainable(name))
+            .map(|(name, var)| (name.clone(), var.clone()))
+            .collect();
+        let ctx = MicroContext {
+            model: &self.model,
+            trainable: &trainable,
+            seed: self.config.seed,
+            step,
+            scale: (accum * world) as f64,
+            check_finite: world == 1,
+        };
+        let micros: Vec<usize> = (first_micro..first_micro + accum).collect();
+        let results: Vec<MicroGrads> = if self.micro_pools.len() > 1 && accum > 1 {
+            let mut out = Vec::with_capacity(accum);
+            for chunk in micros.chunks(self.micro_pools.len()) {
+                let part = std::thread::scope(|scope| {
+                    let handles: Vec<_> = chunk
+                        .iter()
+                        .zip(&self.micro_pools)
+                        .map(|(&micro, pool)| {
+                            let ctx = &ctx;
+                            scope.spawn(move || pool.install(|| ctx.run(obj, micro)))
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                Err(Error::invalid_arg(
+                                    "micro_batch",
+                                    "a micro-batch thread panicked",
+                                ))
+                            })
+                        })
+                        .collect::<Vec<_>>()
+                });
+                for r in part {
+                    out.push(r?);
+                }
             }
+            out
+        } else {
+            micros
+                .iter()
+                .map(|&micro| ctx.run(obj, micro))
+                .collect::<Result<Vec<_>>>()?
+        };
+        for (value, n, micro_grads) in results {
             loss_sum += value;
-            tokens += m.tokens;
-            let scaled = (m.loss / (accum * world) as f64)?;
-            let g = scaled.backward()?;
-            for (name, var) in self.params.vars() {
-                if !self.trainable(name) {
-                    continue;
-                }
-                if let Some(gv) = g.get(var.as_tensor()) {
-                    let gv = gv.detach();
-                    let e = grads.remove(name);
-                    grads.insert(
-                        name.clone(),
-                        match e {
-                            Some(prev) => (prev + gv)?,
-                            None => gv,
-                        },
-                    );
-                }
+            tokens += n;
+            for (name, gv) in micro_grads {
+                let e = grads.remove(&name);
+                grads.insert(
+                    name,
+                    match e {
+                        Some(prev) => (prev + gv)?,
+                        None => gv,
+                    },
+                );
             }
         }
         let mut allreduce_ms = 0.0;

@@ -183,17 +183,16 @@ fn generation_slot_training_learns_where_the_text_ends() {
 
 #[test]
 fn best_checkpoint_follows_the_validation_score() {
-    use std::cell::Cell;
-    use std::rc::Rc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     let (params, obj) = objective(FinetuneMode::Last);
     // Scripted scores at the evaluations of steps 0, 2, 4, 6: the best is step 4 (a tie
     // with step 2 goes to the later step), whatever the losses do.
-    let calls = Rc::new(Cell::new(0usize));
+    let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
     let obj = obj.with_validation_scorer(Box::new(move |_m: &elmer::ElmerModel| {
-        let i = c.get();
-        c.set(i + 1);
+        let i = c.fetch_add(1, Ordering::SeqCst);
         Ok([0.1, 0.9, 0.9, 0.3][i.min(3)])
     }));
     let tc = TrainConfig {
@@ -208,7 +207,7 @@ fn best_checkpoint_follows_the_validation_score() {
     let mut t = Trainer::new(params, tc).unwrap();
     t.verbose = false;
     let s = t.run(&obj).unwrap();
-    assert_eq!(calls.get(), 4);
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
     assert_eq!(s.state.best_score, Some((4, 0.9)));
     let scores: Vec<Option<f64>> = s.state.history.iter().map(|e| e.eval_score).collect();
     assert_eq!(scores.iter().flatten().count(), 3, "{scores:?}");

@@ -126,6 +126,12 @@ fn main() -> ExitCode {
     threads::share_cores_between_local_ranks();
     elmer::limit_pool_spinning();
     let cli = Cli::parse();
+    let micro_threads = match &cli.command {
+        Command::Finetune(a) => threads::micro_threads(a.micro_threads, a.grad_accum),
+        Command::Pretrain(a) => threads::micro_threads(a.micro_threads, a.grad_accum),
+        _ => 1,
+    };
+    threads::single_threaded_kernels_for_micro_threads(micro_threads);
     logging::init(cli.verbose);
     let res = match &cli.command {
         Command::Generate(a) => cmd::generate::run(a),

@@ -51,6 +51,13 @@ pub struct Args {
     /// Micro-batches per step.
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
+    /// Micro-batches of a step run at the same time, each on one core with single-threaded
+    /// kernels: the same steps as one after the other, faster on few cores (on 2 cores
+    /// `--batch-size 16 --grad-accum 2` trains a global batch of 32 about 1.25x faster than
+    /// `--batch-size 32`). Default: one per micro-batch, at most one per core (1 core per rank
+    /// under MPI on one machine). With more than one, CANDLE_NUM_THREADS=1 unless it is set.
+    #[arg(long)]
+    pub micro_threads: Option<usize>,
     /// Exit-layer assignments per sequence (paper: 10).
     #[arg(long, default_value_t = 4)]
     pub k: usize,
@@ -182,6 +189,8 @@ pub fn run(a: &Args) -> Result<()> {
         io::copy_tokenizer(&a.tokenizer, &a.out)?;
     }
     let mut trainer = Trainer::new(params, tc)?;
+    trainer
+        .set_micro_batch_threads(crate::threads::micro_threads(a.micro_threads, a.grad_accum))?;
     super::log_data_parallel(comm.as_ref(), a.batch_size, a.grad_accum);
     trainer.set_collective(comm);
     let resumed = if a.no_resume { 0 } else { trainer.resume()? };
