@@ -53,10 +53,12 @@ RUNS=${RUNS:-runs}
 STEPS=${STEPS:-"tokenizer init copy oaxe oaxe-ends length length2 export eval"}
 MPIRUN=${MPIRUN:-}
 PRESET=${PRESET:-small}
-# The global batch of 32 examples: one process, or shared by the MPI ranks (-np N).
+# The global batch of 32 examples: shared by the MPI ranks (-np N), or in one process two
+# micro-batches of 16 run at the same time (the trainer's default with --grad-accum 2 on 2+
+# cores: about 1.25x faster than one micro-batch of 32 on 2 cores, the same kind of steps).
 NP=1
 if [ -n "$MPIRUN" ]; then NP=$(sed -n 's/.*-np \([0-9]*\).*/\1/p' <<< "$MPIRUN"); NP=${NP:-1}; fi
-B32=(--batch-size $((32 / NP)))
+if [ "$NP" -gt 1 ]; then B32=(--batch-size $((32 / NP))); else B32=(--batch-size 16 --grad-accum 2); fi
 # ELMER=path runs that binary as it is (no build), e.g. one copied aside for a long run.
 if [ -z "${ELMER:-}" ]; then
   if [ -n "$MPIRUN" ]; then
@@ -139,7 +141,7 @@ fi
 #    MPI ranks of 16 (MPIRUN), which take exactly the same steps.
 if has length2; then
   OFF=$(sed -n 's/.*"elmer_length_offset": *\(-\?[0-9]*\).*/\1/p' "$RUNS/length/best/config.json")
-  if [ -n "$MPIRUN" ]; then SPLIT=("${B32[@]}"); else SPLIT=(--batch-size 16 --grad-accum 2); fi
+  SPLIT=("${B32[@]}")
   $MPIRUN $ELMER finetune --task squad --data "$DATA/squad-qg" \
     --pretrained "$RUNS/length/checkpoint-0001000" --exit soft+hard --oaxe 1 \
     --oaxe-fixed-ends --train-slot target --length-loss 0.1 --length-offset "${OFF:-0}" \
