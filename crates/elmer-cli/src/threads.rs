@@ -24,25 +24,31 @@ pub fn share_cores_between_local_ranks() {
     std::env::set_var("RAYON_NUM_THREADS", &per);
 }
 
-/// With `--micro-threads N > 1` every micro-batch thread runs its kernels on one core, so
-/// candle's elementwise pool gets no workers (`CANDLE_NUM_THREADS=1`) unless the variable is
-/// set. Call before any tensor operation.
+/// With `--micro-threads N > 1` and at most N cores, every micro-batch thread runs its
+/// kernels on one core, so candle's elementwise pool gets no workers
+/// (`CANDLE_NUM_THREADS=1`) unless the variable is set. Call before any tensor operation.
 pub fn single_threaded_kernels_for_micro_threads(micro_threads: usize) {
-    if micro_threads > 1 && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+    if micro_threads > 1
+        && process_cores() <= micro_threads
+        && std::env::var_os("CANDLE_NUM_THREADS").is_none()
+    {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }
 
+/// The cores this process may use: `RAYON_NUM_THREADS` when set (as under MPI), else the
+/// machine's.
+fn process_cores() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |c| c.get()))
+}
+
 /// Micro-batch threads of a training command: `--micro-threads` when given, else one per
-/// micro-batch (`grad_accum`) up to the cores this process may use (`RAYON_NUM_THREADS`
-/// when set, as under MPI, else the machine's).
+/// micro-batch (`grad_accum`) up to the cores this process may use; each then gets its share
+/// of the cores.
 pub fn micro_threads(arg: Option<usize>, grad_accum: usize) -> usize {
-    arg.unwrap_or_else(|| {
-        let cores = std::env::var("RAYON_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |c| c.get()));
-        grad_accum.clamp(1, cores.max(1))
-    })
+    arg.unwrap_or_else(|| grad_accum.clamp(1, process_cores().max(1)))
 }

@@ -54,8 +54,9 @@ pub struct Args {
     /// Micro-batches of a step run at the same time, each on one core with single-threaded
     /// kernels: the same steps as one after the other, faster on few cores (on 2 cores
     /// `--batch-size 16 --grad-accum 2` trains a global batch of 32 about 1.25x faster than
-    /// `--batch-size 32`). Default: one per micro-batch, at most one per core (1 core per rank
-    /// under MPI on one machine). With more than one, CANDLE_NUM_THREADS=1 unless it is set.
+    /// `--batch-size 32`). Default: one per micro-batch, at most one per core (under MPI: per
+    /// core of the rank), each with its share of the cores; with one core each,
+    /// CANDLE_NUM_THREADS=1 unless it is set.
     #[arg(long)]
     pub micro_threads: Option<usize>,
     /// Exit-layer assignments per sequence (paper: 10).
