@@ -136,6 +136,7 @@ pub struct FinetuneObjective {
     glance_ratio: f64,
     order_agnostic: f64,
     keep_ends: bool,
+    distortion: f64,
     length_loss: f64,
 }
 
@@ -177,6 +178,7 @@ impl FinetuneObjective {
             glance_ratio: 0.0,
             order_agnostic: 0.0,
             keep_ends: false,
+            distortion: 0.0,
             length_loss: 0.0,
         };
         obj.valid = obj.batch_valid()?;
@@ -347,6 +349,22 @@ impl FinetuneObjective {
         self
     }
 
+    /// With order-agnostic training on, charges `nats` per place a label moves from its
+    /// gold order (among the movable labels) when matching labels to positions: 0 (the
+    /// default) is plain OAXE, large values give the gold order back. Between the two, a
+    /// word moves only where the model is confident enough to pay for it, which keeps more of
+    /// the target's word order (what ROUGE-L's longest common subsequence rewards).
+    pub fn with_order_agnostic_distortion(mut self, nats: f64) -> Result<Self> {
+        if !(nats.is_finite() && nats >= 0.0) {
+            return Err(Error::invalid_arg(
+                "order_agnostic_distortion",
+                format!("{nats} is not a finite value >= 0"),
+            ));
+        }
+        self.distortion = nats;
+        Ok(self)
+    }
+
     /// Applies the order-agnostic reordering to `batch` (see
     /// [`Self::with_order_agnostic`]): returns the batch with each row's content labels
     /// permuted among their own positions; inputs, `</s>` and `<pad>` labels are unchanged.
@@ -393,7 +411,12 @@ impl FinetuneObjective {
                 .broadcast_add(&bias.index_select(&tok_ids, 0)?)?
                 .to_dtype(DType::F32)?;
             let scores: Vec<f32> = scores.flatten_all()?.to_vec1()?;
-            aligned.push(super::order_agnostic::align_row(row, &positions, &scores)?);
+            aligned.push(super::order_agnostic::align_row(
+                row,
+                &positions,
+                &scores,
+                self.distortion,
+            )?);
         }
         let (b, t) = batch.labels.dims2()?;
         Ok(Batch {

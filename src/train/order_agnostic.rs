@@ -94,8 +94,15 @@ pub(crate) fn min_cost_assignment(cost: &[f64], n: usize) -> Result<Vec<usize>> 
 /// `m = positions.len()`) is the model's log-probability of content token `c` (the label at
 /// `positions[c]`) at position `positions[k]`, or its logit: a per-position constant (the
 /// log-normaliser) adds the same amount to every assignment, so both give the same one.
-/// Returns the row with the content labels placed at the most likely positions.
-pub(crate) fn align_row(row: &[u32], positions: &[usize], score: &[f32]) -> Result<Vec<u32>> {
+/// `distortion` nats are added to the cost of content token `c` at movable position `k` per
+/// place of `|k - c|` (0: plain OAXE; large: the gold order). Returns the row with the
+/// content labels placed at the most likely positions.
+pub(crate) fn align_row(
+    row: &[u32],
+    positions: &[usize],
+    score: &[f32],
+    distortion: f64,
+) -> Result<Vec<u32>> {
     let m = positions.len();
     if score.len() != m * m {
         return Err(Error::invalid_arg(
@@ -104,7 +111,11 @@ pub(crate) fn align_row(row: &[u32], positions: &[usize], score: &[f32]) -> Resu
         ));
     }
     // Clamp -inf scores (an underflowed softmax) to a large finite cost.
-    let cost: Vec<f64> = score.iter().map(|&l| -(l as f64).max(-1e4)).collect();
+    let cost: Vec<f64> = score
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| -(l as f64).max(-1e4) + distortion * (i / m).abs_diff(i % m) as f64)
+        .collect();
     let assignment = min_cost_assignment(&cost, m)?;
     let mut out = row.to_vec();
     for (k, &c) in assignment.iter().enumerate() {
@@ -138,6 +149,18 @@ mod tests {
     }
 
     #[test]
+    fn distortion_moves_labels_only_where_it_pays() {
+        // Position 0 prefers token 1 by 2 nats, position 1 prefers token 0 by 2 nats.
+        let row = [10u32, 11];
+        let score = [0.0f32, 2.0, 2.0, 0.0];
+        assert_eq!(align_row(&row, &[0, 1], &score, 0.0).unwrap(), [11, 10]);
+        // Swapping moves both labels one place: 2 x 1.5 nats < 4 nats gained.
+        assert_eq!(align_row(&row, &[0, 1], &score, 1.5).unwrap(), [11, 10]);
+        // 2 x 2.5 nats > 4: the gold order stays.
+        assert_eq!(align_row(&row, &[0, 1], &score, 2.5).unwrap(), [10, 11]);
+    }
+
+    #[test]
     fn hungarian_matches_brute_force() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for n in 1..=7 {
@@ -168,13 +191,13 @@ mod tests {
             -5.0, -0.1, -5.0, // position 2: b
         ];
         assert_eq!(
-            align_row(&row, &positions, &logp).unwrap(),
+            align_row(&row, &positions, &logp, 0.0).unwrap(),
             vec![12, 10, 11, 2, 1]
         );
         // -inf log-probabilities still give an assignment.
         let logp = [f32::NEG_INFINITY; 9];
-        let out = align_row(&row, &positions, &logp).unwrap();
+        let out = align_row(&row, &positions, &logp, 0.0).unwrap();
         assert_eq!(&out[3..], &[2, 1]);
-        assert!(align_row(&row, &positions, &[0.0; 4]).is_err());
+        assert!(align_row(&row, &positions, &[0.0; 4], 0.0).is_err());
     }
 }

@@ -104,6 +104,10 @@ pub struct Args {
     /// and the `?`), matching only the words between them to positions.
     #[arg(long)]
     pub oaxe_fixed_ends: bool,
+    /// With --oaxe: nats charged per place a target word moves from its gold order when
+    /// words are matched to positions (0: plain OAXE; large: the gold order).
+    #[arg(long, default_value_t = 0.0)]
+    pub oaxe_distortion: f64,
     /// Train a target-length predictor (created when the checkpoint has none) with this
     /// weight on its cross-entropy (CMLM: 0.1; 0: off). Generation then decodes each
     /// source's predicted length (see --length), so it goes with --train-slot target.
@@ -261,6 +265,8 @@ pub fn run(a: &Args) -> Result<()> {
     .with_order_agnostic(a.oaxe)
     .map_err(|e| e.for_argument("--oaxe"))?
     .with_order_agnostic_fixed_ends(a.oaxe_fixed_ends)
+    .with_order_agnostic_distortion(a.oaxe_distortion)
+    .map_err(|e| e.for_argument("--oaxe-distortion"))?
     .with_length_loss(a.length_loss)
     .map_err(|e| e.for_argument("--length-loss"))?
     .with_generation_slot(match a.train_slot {
