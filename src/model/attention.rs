@@ -80,6 +80,11 @@ impl Attention {
             .contiguous()
     }
 
+    /// Keys and values split into heads, `[batch, heads, len, head_dim]` each.
+    fn split_pair(&self, k: &Tensor, v: &Tensor) -> candle_core::Result<KeyValue> {
+        Ok(KeyValue::split(self.split_heads(k)?, self.split_heads(v)?))
+    }
+
     /// Projects `x` `[batch, len, d]` to keys and values.
     pub fn key_value(&self, x: &Tensor) -> candle_core::Result<KeyValue> {
         let (k, v) = (self.k_proj.forward(x)?, self.v_proj.forward(x)?);
@@ -90,20 +95,13 @@ impl Attention {
         if !training_with_dropout && x.device().is_cpu() && k.dtype() == DType::F32 {
             return Ok(KeyValue { k, v, merged: true });
         }
-        Ok(KeyValue::split(
-            self.split_heads(&k)?,
-            self.split_heads(&v)?,
-        ))
+        self.split_pair(&k, &v)
     }
 
     /// Keys and values split into heads whatever the device, `[batch, heads, len,
     /// head_dim]` (the autoregressive cache grows along `len`).
     pub(crate) fn key_value_split(&self, x: &Tensor) -> candle_core::Result<KeyValue> {
-        let (k, v) = (self.k_proj.forward(x)?, self.v_proj.forward(x)?);
-        Ok(KeyValue::split(
-            self.split_heads(&k)?,
-            self.split_heads(&v)?,
-        ))
+        self.split_pair(&self.k_proj.forward(x)?, &self.v_proj.forward(x)?)
     }
 
     /// Attends queries from `x_q` `[batch, tq, d]` over `kv`; returns `[batch, tq, d]`.
@@ -114,31 +112,33 @@ impl Attention {
         mask: Option<&Tensor>,
         mode: Mode,
     ) -> candle_core::Result<Tensor> {
-        let (b, tq, d) = x_q.dims3()?;
-        if kv.merged {
-            let q = self.q_proj.forward(x_q)?;
-            let ctx = if mode.is_train() && self.dropout > 0.0 {
-                None
-            } else {
-                crate::ops::attention::attention(
-                    &q,
-                    &kv.k,
-                    &kv.v,
-                    mask,
-                    self.num_heads,
-                    self.scaling,
-                )?
-            };
-            let ctx = match ctx {
-                Some(ctx) => ctx,
-                None => {
-                    let split = KeyValue::split(self.split_heads(&kv.k)?, self.split_heads(&kv.v)?);
-                    return self.attend(x_q, &split, mask, mode);
-                }
-            };
-            return self.out_proj.forward(&ctx);
+        let q = self.q_proj.forward(x_q)?;
+        if !kv.merged {
+            return self.attend_heads(&q, kv, mask, mode);
         }
-        let q = self.split_heads(&self.q_proj.forward(x_q)?)?;
+        let fused = if mode.is_train() && self.dropout > 0.0 {
+            None
+        } else {
+            crate::ops::attention::attention(&q, &kv.k, &kv.v, mask, self.num_heads, self.scaling)?
+        };
+        match fused {
+            Some(ctx) => self.out_proj.forward(&ctx),
+            // Not a case for the fused core (attention dropout, another mask shape).
+            None => self.attend_heads(&q, &self.split_pair(&kv.k, &kv.v)?, mask, mode),
+        }
+    }
+
+    /// The composed path: projected queries `q` `[batch, tq, d]` over keys and values split
+    /// into heads; returns `[batch, tq, d]`.
+    fn attend_heads(
+        &self,
+        q: &Tensor,
+        kv: &KeyValue,
+        mask: Option<&Tensor>,
+        mode: Mode,
+    ) -> candle_core::Result<Tensor> {
+        let (b, tq, d) = q.dims3()?;
+        let q = self.split_heads(q)?;
         // Scaling the scores rather than the queries (BART scales the queries): equal up to
         // rounding, and it lets inference scale, mask and normalise in one in-place pass.
         let scores = q.matmul(&kv.k.t()?)?;
