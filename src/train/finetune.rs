@@ -242,13 +242,7 @@ impl FinetuneObjective {
     /// slot (`with_generation_slot(None)`): the decoder then learns to read the length off
     /// the slot, and generation decodes the predicted length. Default 0.
     pub fn with_length_loss(mut self, weight: f64) -> Result<Self> {
-        if !(weight.is_finite() && weight >= 0.0) {
-            return Err(Error::invalid_arg(
-                "length_loss",
-                format!("{weight} is not a finite weight >= 0"),
-            ));
-        }
-        self.length_loss = weight;
+        self.length_loss = non_negative("length_loss", weight)?;
         Ok(self)
     }
 
@@ -355,13 +349,7 @@ impl FinetuneObjective {
     /// word moves only where the model is confident enough to pay for it, which keeps more of
     /// the target's word order (what ROUGE-L's longest common subsequence rewards).
     pub fn with_order_agnostic_distortion(mut self, nats: f64) -> Result<Self> {
-        if !(nats.is_finite() && nats >= 0.0) {
-            return Err(Error::invalid_arg(
-                "order_agnostic_distortion",
-                format!("{nats} is not a finite value >= 0"),
-            ));
-        }
-        self.distortion = nats;
+        self.distortion = non_negative("order_agnostic_distortion", nats)?;
         Ok(self)
     }
 
@@ -483,6 +471,15 @@ fn fraction(name: &str, x: f64) -> Result<f64> {
         Ok(x)
     } else {
         Err(Error::invalid_arg(name, format!("{x} is not in [0, 1]")))
+    }
+}
+
+/// `x` when it is finite and `>= 0`, else an argument error naming `name`.
+fn non_negative(name: &str, x: f64) -> Result<f64> {
+    if x.is_finite() && x >= 0.0 {
+        Ok(x)
+    } else {
+        Err(Error::invalid_arg(name, format!("{x} is not a finite value >= 0")))
     }
 }
 
