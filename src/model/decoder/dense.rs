@@ -153,9 +153,9 @@ impl Decoder {
     /// Fixed-exit pass: each token's state at its exit layer `[batch, T, d]`, plus the
     /// (copied) states after every layer when `keep_layers`. Differentiable; the copies are
     /// detached in training when configured. With `keep_layers` every layer runs on every
-    /// token (dense); without, the layers above the first run only on the tokens that have
-    /// not exited ([`Self::gathered_layer`]; the same states, about a third less work in
-    /// LPLM's upper layers).
+    /// token (dense); without, on the CPU, the layers above the first run only on the tokens
+    /// that have not exited ([`Self::gathered_layer`]; the same states, about a third less
+    /// work in LPLM's upper layers).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn fixed_exit_states(
         &self,
@@ -171,8 +171,9 @@ impl Decoder {
         let detach = self.detach_copied && mode.is_train();
         let mut exit_state: Option<Tensor> = None;
         let mut layers = Vec::new();
-        // Host copy of the exit layers, for the gathered layers below.
-        let host_exits: Option<Vec<Vec<u32>>> = if keep_layers {
+        // The exit layers on the host, for the gathered layers below: on the CPU only (a
+        // copy there; on a GPU it would be a read-back in the middle of the forward pass).
+        let host_exits: Option<Vec<Vec<u32>>> = if keep_layers || !exits.device().is_cpu() {
             None
         } else {
             Some(exits.to_vec2()?)
