@@ -623,14 +623,8 @@ impl Trainer {
                         .collect();
                     handles
                         .into_iter()
-                        .map(|h| {
-                            h.join().unwrap_or_else(|_| {
-                                Err(Error::invalid_arg(
-                                    "micro_batch",
-                                    "a micro-batch thread panicked",
-                                ))
-                            })
-                        })
+                        // A panic is a bug: raise it again on this thread.
+                        .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                         .collect::<Vec<_>>()
                 });
                 for r in part {
