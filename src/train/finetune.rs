@@ -479,7 +479,10 @@ fn non_negative(name: &str, x: f64) -> Result<f64> {
     if x.is_finite() && x >= 0.0 {
         Ok(x)
     } else {
-        Err(Error::invalid_arg(name, format!("{x} is not a finite value >= 0")))
+        Err(Error::invalid_arg(
+            name,
+            format!("{x} is not a finite value >= 0"),
+        ))
     }
 }
 
