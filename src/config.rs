@@ -21,7 +21,10 @@
 //!   length when generating (chosen on validation data by `elmer finetune`; default 0);
 //! - `elmer_length_candidates`: for a model with a length head, how many of its most likely
 //!   lengths generation decodes per source, keeping the most probable output (a length beam;
-//!   default 1).
+//!   default 1);
+//! - `elmer_drop_orphan_pieces`: whether generated text drops word-continuation pieces that
+//!   the parallel decoder glued onto an unrelated word (chosen on validation data; default
+//!   off).
 
 use std::path::Path;
 
@@ -261,6 +264,11 @@ pub struct ElmerConfig {
     /// chosen on validation data; `None`: 1). In `1..=max_position_embeddings`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub elmer_length_candidates: Option<usize>,
+    /// ELMER: whether generated text drops orphan subword pieces (a multi-piece word that is
+    /// not a word of the source keeps only its first piece; chosen on validation data; `None`:
+    /// off). See [`crate::GenerationConfig::drop_orphan_pieces`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elmer_drop_orphan_pieces: Option<bool>,
 
     /// Every other field of the JSON file, kept for a lossless round trip.
     #[serde(flatten)]

@@ -18,6 +18,7 @@ use std::time::Instant;
 use candle_core::DType;
 
 mod autoregressive;
+mod orphan_pieces;
 mod stats;
 
 pub use autoregressive::{generate_greedy, generate_greedy_with, GreedyOptions};
@@ -81,6 +82,12 @@ pub struct GenerationConfig {
     /// else 1 (one length, no scoring). Costs about `k` times the decoder work. Unused with
     /// the full slot.
     pub length_candidates: Option<usize>,
+    /// Drop orphan subword pieces from the text: a word glued from pieces that the parallel
+    /// decoder filled independently (`what` + `ther` → `whatther`) is kept only when it is
+    /// a word of the source; otherwise only its first piece is kept. Changes the text only
+    /// (ids and exit layers stay as generated); needs a tokenizer. `None`: the model's
+    /// recorded `elmer_drop_orphan_pieces` (chosen on validation data), else off.
+    pub drop_orphan_pieces: Option<bool>,
 }
 
 impl Default for GenerationConfig {
@@ -95,6 +102,7 @@ impl Default for GenerationConfig {
             length: TargetLength::Auto,
             length_offset: None,
             length_candidates: None,
+            drop_orphan_pieces: None,
         }
     }
 }
@@ -144,6 +152,9 @@ pub struct Generator<'a> {
     predict_length: bool,
     length_offset: i64,
     length_candidates: usize,
+    drop_orphan_pieces: bool,
+    /// Word boundaries of the tokenizer's ids, when orphan pieces are dropped.
+    pieces: Option<orphan_pieces::WordPieces<'a>>,
     stats: ExitStats,
 }
 
@@ -220,6 +231,10 @@ impl<'a> Generator<'a> {
                 "must be at least 1",
             ));
         }
+        let drop_orphan_pieces = config
+            .drop_orphan_pieces
+            .or(model.config().elmer_drop_orphan_pieces)
+            .unwrap_or(false);
         Ok(Self {
             stats: ExitStats::new(model.num_decoder_layers()),
             model,
@@ -229,12 +244,17 @@ impl<'a> Generator<'a> {
             predict_length,
             length_offset,
             length_candidates,
+            drop_orphan_pieces,
+            pieces: None,
         })
     }
 
     /// Uses `tokenizer` for text input and output.
     pub fn with_tokenizer(mut self, tokenizer: &'a BartTokenizer) -> Self {
         self.tokenizer = Some(tokenizer);
+        self.pieces = self
+            .drop_orphan_pieces
+            .then(|| orphan_pieces::WordPieces::new(tokenizer));
         self
     }
 
@@ -263,6 +283,12 @@ impl<'a> Generator<'a> {
         } else {
             1
         }
+    }
+
+    /// Whether orphan subword pieces are dropped from the text (see
+    /// [`GenerationConfig::drop_orphan_pieces`]).
+    pub fn drops_orphan_pieces(&self) -> bool {
+        self.drop_orphan_pieces
     }
 
     /// Tokens added to every predicted length (see [`GenerationConfig::length_offset`]).
@@ -439,7 +465,10 @@ impl<'a> Generator<'a> {
             let ids = row[..n].to_vec();
             let text = match self.tokenizer {
                 Some(t) => {
-                    let text = t.decode(&ids)?;
+                    let text = match &self.pieces {
+                        Some(p) => t.decode(&p.drop_orphans(&ids, &p.source_words(batch[i])?)?)?,
+                        None => t.decode(&ids)?,
+                    };
                     if self.config.collapse_repeats {
                         collapse_repeated_words(&text)
                     } else {

@@ -390,6 +390,28 @@ impl BartTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// Per id (`[vocab_size]`): whether the token begins a word, i.e. its byte-level form
+    /// starts with the space marker `Ġ`, or it is a special token. A word-continuation piece
+    /// (`false`) glues onto the token before it when ids are decoded.
+    pub(crate) fn word_starts(&self) -> Vec<bool> {
+        let special = [
+            self.bos_id,
+            self.eos_id,
+            self.pad_id,
+            self.unk_id,
+            self.mask_id,
+        ];
+        (0..self.vocab_size() as u32)
+            .map(|id| {
+                special.contains(&id)
+                    || self
+                        .inner
+                        .id_to_token(id)
+                        .is_none_or(|t| t.starts_with('\u{120}'))
+            })
+            .collect()
+    }
+
     /// The id of `token`, if it is in the vocabulary (e.g. `"Ġthe"` → 5).
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

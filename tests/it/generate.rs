@@ -783,3 +783,42 @@ fn a_bad_recorded_policy_is_a_config_error() {
         .to_string();
     assert!(msg.contains("elmer_max_len"), "{msg}");
 }
+
+#[test]
+fn orphan_pieces_change_only_the_text_and_follow_the_recorded_choice() {
+    let dir = tiny_dir();
+    let tok = tokenizer(&dir);
+    let (mut cfg, w, _) = elmer::checkpoint::load_dir(&dir, &LoadOptions::default()).unwrap();
+    let model = ElmerModel::from_weights(cfg.clone(), &w).unwrap();
+    let gen_cfg = |drop: Option<bool>| GenerationConfig {
+        drop_orphan_pieces: drop,
+        ..config(24, ExitPolicy::LastLayer, 4)
+    };
+    // Off unless recorded or asked for.
+    assert!(!Generator::new(&model, gen_cfg(None))
+        .unwrap()
+        .drops_orphan_pieces());
+    let keep = gen_text(&model, &tok, gen_cfg(Some(false)), &TEXTS);
+    let drop = gen_text(&model, &tok, gen_cfg(Some(true)), &TEXTS);
+    let mut changed = 0;
+    for (k, d) in keep.iter().zip(&drop) {
+        // Ids and exit layers stay as generated; the text only loses pieces.
+        assert_eq!((&k.ids, &k.exit_layers), (&d.ids, &d.exit_layers));
+        assert!(d.text.len() <= k.text.len(), "{:?} -> {:?}", k.text, d.text);
+        changed += (k.text != d.text) as usize;
+    }
+    // The random model glues pieces somewhere: the option reaches the text.
+    assert!(changed > 0, "no output changed");
+    // The model's recorded choice applies when the caller gives none; an explicit one wins.
+    cfg.elmer_drop_orphan_pieces = Some(true);
+    let recorded = ElmerModel::from_weights(cfg, &w).unwrap();
+    let g = Generator::new(&recorded, gen_cfg(None)).unwrap();
+    assert!(g.drops_orphan_pieces());
+    assert_eq!(
+        strip(&gen_text(&recorded, &tok, gen_cfg(None), &TEXTS)),
+        strip(&drop)
+    );
+    assert!(!Generator::new(&recorded, gen_cfg(Some(false)))
+        .unwrap()
+        .drops_orphan_pieces());
+}

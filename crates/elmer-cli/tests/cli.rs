@@ -1639,6 +1639,12 @@ fn finetune_with_a_length_head_records_the_offset_it_chose() {
     );
     // The length beam the offset was chosen with is recorded too.
     assert_eq!(cfg["elmer_length_candidates"].as_u64(), Some(2), "{cfg}");
+    // So is whether dropping orphan subword pieces scored better on validation.
+    let drop = cfg["elmer_drop_orphan_pieces"].as_bool().unwrap();
+    assert!(
+        err.contains(&format!("recorded drop orphan pieces {drop}")),
+        "{err}"
+    );
     // With --length slot generation never reads the head: validation decodes the full slot
     // and no offset is chosen.
     let run2 = tmp.path().join("run2").display().to_string();
@@ -1654,6 +1660,8 @@ fn finetune_with_a_length_head_records_the_offset_it_chose() {
     )
     .unwrap();
     assert!(cfg2.get("elmer_length_offset").is_none(), "{cfg2}");
+    // The orphan-piece choice does not need a length head.
+    assert!(cfg2["elmer_drop_orphan_pieces"].is_boolean(), "{cfg2}");
     // generate decodes the predicted length (plus the offset) by default; --length slot
     // gives the full slot back; both run.
     let best = run.join("best").display().to_string();
@@ -1705,6 +1713,10 @@ fn finetune_with_a_length_head_records_the_offset_it_chose() {
     assert!(out.contains(&format!("after:  exit {policy}")), "{out}");
     let err = stderr(&o);
     assert!(err.contains("hard:0.1: score"), "{err}");
+    // The orphan-piece choice is scored both ways and recorded.
+    assert!(err.contains("orphan subword pieces: kept"), "{err}");
+    let drop = cfg["elmer_drop_orphan_pieces"].as_bool().unwrap();
+    assert!(out.contains(&format!("drop orphan pieces {drop}")), "{out}");
     assert_eq!(
         std::fs::read(copy.join("model.safetensors")).unwrap(),
         weights

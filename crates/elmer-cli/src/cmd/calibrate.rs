@@ -3,7 +3,8 @@
 //! length head, the hard-exit threshold), without training.
 //!
 //! The same choices `elmer finetune` makes after training ([`super::validation`]): the length
-//! offset (-2..=+6 tokens) with the best validation score under the model's policy, then, for
+//! offset (-2..=+6 tokens) with the best validation score under the model's policy, whether
+//! to drop orphan subword pieces (the better validation score), then, for
 //! a hard-exit model, the largest entropy threshold whose score stays within
 //! `--hard-max-loss` of the last layer's (with the new offset). Useful after `export`, or to
 //! try a length beam (`--length-candidates`) on a trained model.
@@ -108,14 +109,18 @@ pub fn run(a: &Args) -> Result<()> {
         a.gen_batch_size,
         None,
         Some(candidates),
+        None,
         elmer::TargetLength::Auto,
     );
+    let mut offset = None;
     if model.has_length_head() {
         let off = validation.choose_length_offset(&model, &policy)?;
         cfg.elmer_length_offset = Some(off);
         cfg.elmer_length_candidates = (candidates > 1).then_some(candidates);
-        cfg.save(&path)?;
+        offset = Some(off);
     }
+    cfg.elmer_drop_orphan_pieces = Some(validation.choose_orphan_pieces(&model, &policy, offset)?);
+    cfg.save(&path)?;
     if let ExitPolicy::Hard { .. } = policy {
         // With the offset just recorded (the reloaded model reads it).
         let model = io::load_dir(dir, &opts)?;
@@ -127,11 +132,12 @@ pub fn run(a: &Args) -> Result<()> {
     cfg.save(&path)?;
     let show = |c: &ElmerConfig| {
         format!(
-            "exit {}, length offset {}, length candidates {}",
+            "exit {}, length offset {}, length candidates {}, drop orphan pieces {}",
             c.elmer_exit_policy.as_deref().unwrap_or("(none)"),
             c.elmer_length_offset
                 .map_or("(none)".to_string(), |o| format!("{o:+}")),
-            c.elmer_length_candidates.unwrap_or(1)
+            c.elmer_length_candidates.unwrap_or(1),
+            c.elmer_drop_orphan_pieces.unwrap_or(false)
         )
     };
     let mut out = io::Stdout::lock();

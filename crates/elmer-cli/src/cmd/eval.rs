@@ -92,10 +92,31 @@ pub struct EvalOpts {
     /// elmer_length_candidates, else 1).
     #[arg(long)]
     pub length_candidates: Option<usize>,
+    /// Orphan subword pieces in the text: keep, or drop (a multi-piece word that is not a
+    /// word of the source keeps only its first piece). Default: the model's recorded
+    /// elmer_drop_orphan_pieces, else keep.
+    #[arg(long, value_enum)]
+    pub orphan_pieces: Option<OrphanPiecesArg>,
     /// Weight precision of the evaluated model on CPU: f32 or bf16 (dense layers and
     /// off-ramps in bf16 on AVX512_BF16, the rest f32).
     #[arg(long, value_enum, default_value_t = io::DtypeArg::F32)]
     pub dtype: io::DtypeArg,
+}
+
+/// `--orphan-pieces`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OrphanPiecesArg {
+    /// Text as decoded.
+    Keep,
+    /// Drop word-continuation pieces glued onto a word that is not in the source.
+    Drop,
+}
+
+impl OrphanPiecesArg {
+    /// `GenerationConfig::drop_orphan_pieces` for an optional `--orphan-pieces`.
+    pub fn drop(arg: Option<Self>) -> Option<bool> {
+        arg.map(|a| a == OrphanPiecesArg::Drop)
+    }
 }
 
 /// `--length`.
@@ -265,6 +286,7 @@ pub fn evaluate(
             length: opts.length.target_length(),
             length_offset: opts.length_offset,
             length_candidates: opts.length_candidates,
+            drop_orphan_pieces: OrphanPiecesArg::drop(opts.orphan_pieces),
             ..GenerationConfig::default()
         };
         let (hyps, stats, latency) =

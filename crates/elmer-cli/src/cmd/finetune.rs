@@ -245,6 +245,7 @@ pub fn run(a: &Args) -> Result<()> {
         a.eval.gen_batch_size,
         a.eval.length_offset,
         a.eval.length_candidates,
+        super::eval::OrphanPiecesArg::drop(a.eval.orphan_pieces),
         a.eval.length.target_length(),
     );
     let mut obj = FinetuneObjective::new(
@@ -332,19 +333,28 @@ pub fn run(a: &Args) -> Result<()> {
         return Ok(());
     }
     // A length head: the offset added to its predictions, chosen on validation data with
-    // the policy best/ was selected by, recorded before the threshold is chosen with it.
+    // the policy best/ was selected by; then whether to drop orphan subword pieces; both
+    // recorded before the threshold is chosen with them.
     {
         let model = io::load_dir(&best, &elmer::LoadOptions::on(Device::Cpu))?;
+        let path = best.join("config.json");
+        let mut cfg = ElmerConfig::from_file(&path)?;
+        let mut offset = None;
         // (Not with --length slot: then generation never reads the head.)
         if model.has_length_head() && a.eval.length != super::eval::LengthArg::Slot {
             let off = validation.choose_length_offset(&model, &selection_policy(mode))?;
-            let path = best.join("config.json");
-            let mut cfg = ElmerConfig::from_file(&path)?;
             cfg.elmer_length_offset = Some(off);
             cfg.elmer_length_candidates = a.eval.length_candidates.filter(|&k| k > 1);
-            cfg.save(&path)?;
+            offset = Some(off);
             tracing::info!("recorded length offset {off:+} in best/config.json");
         }
+        let drop = match super::eval::OrphanPiecesArg::drop(a.eval.orphan_pieces) {
+            Some(d) => d,
+            None => validation.choose_orphan_pieces(&model, &selection_policy(mode), offset)?,
+        };
+        cfg.elmer_drop_orphan_pieces = Some(drop);
+        cfg.save(&path)?;
+        tracing::info!("recorded drop orphan pieces {drop} in best/config.json");
     }
     let hard_policy = || -> Result<String> {
         let model = io::load_dir(&best, &elmer::LoadOptions::on(Device::Cpu))?;

@@ -62,6 +62,11 @@ pub struct Args {
     /// elmer_length_candidates, else 1).
     #[arg(long)]
     pub length_candidates: Option<usize>,
+    /// Orphan subword pieces in the text: keep, or drop (a multi-piece word that is not a
+    /// word of the source keeps only its first piece). Default: the model's recorded
+    /// elmer_drop_orphan_pieces, else keep.
+    #[arg(long, value_enum)]
+    pub orphan_pieces: Option<super::eval::OrphanPiecesArg>,
 }
 
 pub fn run(a: &Args) -> Result<()> {
@@ -84,6 +89,7 @@ pub fn run(a: &Args) -> Result<()> {
         length: a.length.target_length(),
         length_offset: a.length_offset,
         length_candidates: a.length_candidates,
+        drop_orphan_pieces: super::eval::OrphanPiecesArg::drop(a.orphan_pieces),
         ..GenerationConfig::default()
     };
     let mut gen = Generator::new(&model, cfg)?.with_tokenizer(&tok);

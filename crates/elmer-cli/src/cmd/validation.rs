@@ -22,6 +22,8 @@ pub(crate) struct Validation {
     batch_size: usize,
     length_offset: Option<i64>,
     length_candidates: Option<usize>,
+    /// `--orphan-pieces` (`None`: the model's recorded choice).
+    drop_orphan_pieces: Option<bool>,
     /// Full slot or predicted lengths, as `--length` says.
     length: elmer::TargetLength,
 }
@@ -37,6 +39,7 @@ impl Validation {
         batch_size: usize,
         length_offset: Option<i64>,
         length_candidates: Option<usize>,
+        drop_orphan_pieces: Option<bool>,
         length: elmer::TargetLength,
     ) -> Self {
         Self {
@@ -49,21 +52,24 @@ impl Validation {
             batch_size,
             length_offset,
             length_candidates,
+            drop_orphan_pieces,
             length,
         }
     }
 
     /// Selection score and exit fractions of `model` under `policy`.
     pub(crate) fn score(&self, model: &ElmerModel, policy: &ExitPolicy) -> Result<(f64, Vec<f64>)> {
-        self.score_with(model, policy, self.length_offset)
+        self.score_with(model, policy, self.length_offset, self.drop_orphan_pieces)
     }
 
-    /// [`score`](Self::score) with an explicit length offset (`None`: the model's own).
+    /// [`score`](Self::score) with an explicit length offset and orphan-piece choice (`None`:
+    /// the model's own).
     pub(crate) fn score_with(
         &self,
         model: &ElmerModel,
         policy: &ExitPolicy,
         length_offset: Option<i64>,
+        drop_orphan_pieces: Option<bool>,
     ) -> Result<(f64, Vec<f64>)> {
         let cfg = GenerationConfig {
             max_len: self.max_len,
@@ -72,6 +78,7 @@ impl Validation {
             max_source_len: Some(self.max_src),
             length_offset,
             length_candidates: self.length_candidates,
+            drop_orphan_pieces,
             length: self.length,
             ..GenerationConfig::default()
         };
@@ -94,13 +101,29 @@ impl Validation {
     ) -> Result<i64> {
         let mut best = (0i64, f64::NEG_INFINITY);
         for off in -2i64..=6 {
-            let (s, _) = self.score_with(model, policy, Some(off))?;
+            let (s, _) = self.score_with(model, policy, Some(off), self.drop_orphan_pieces)?;
             tracing::info!("length offset {off:+}: score {s:.3}");
             if s > best.1 {
                 best = (off, s);
             }
         }
         Ok(best.0)
+    }
+
+    /// Whether dropping orphan subword pieces (`GenerationConfig::drop_orphan_pieces`) gives
+    /// a higher validation score under `policy` than keeping them, with length offset
+    /// `length_offset` (`None`: `--length-offset`, else the model's recorded one). Ties keep.
+    pub(crate) fn choose_orphan_pieces(
+        &self,
+        model: &ElmerModel,
+        policy: &ExitPolicy,
+        length_offset: Option<i64>,
+    ) -> Result<bool> {
+        let offset = length_offset.or(self.length_offset);
+        let (keep, _) = self.score_with(model, policy, offset, Some(false))?;
+        let (drop, _) = self.score_with(model, policy, offset, Some(true))?;
+        tracing::info!("orphan subword pieces: kept {keep:.3}, dropped {drop:.3}");
+        Ok(drop > keep)
     }
 
     /// The largest entropy threshold whose score stays within `max_loss` (a fraction) of the
@@ -111,7 +134,7 @@ impl Validation {
         max_loss: f64,
     ) -> Result<Option<f64>> {
         // With the model's recorded length offset (chosen just before).
-        let (last, _) = self.score_with(model, &ExitPolicy::LastLayer, None)?;
+        let (last, _) = self.score_with(model, &ExitPolicy::LastLayer, None, None)?;
         tracing::info!("threshold choice on validation: last layer score {last:.3}");
         let mut chosen = None;
         // Entropies in nats: up to ln(V), where a uniform off-ramp sits.
@@ -121,7 +144,7 @@ impl Validation {
         ];
         for t in grid.into_iter().take_while(|&t| t < max_entropy) {
             let (s, fractions) =
-                self.score_with(model, &ExitPolicy::Hard { threshold: t }, None)?;
+                self.score_with(model, &ExitPolicy::Hard { threshold: t }, None, None)?;
             let early = 1.0 - fractions.last().copied().unwrap_or(1.0);
             tracing::info!(
                 "hard:{t}: score {s:.3}, {:.1}% of tokens exit before the last layer",
