@@ -23,7 +23,9 @@ pub struct TaskArgs {
     /// any task: a directory with {train,valid,test}.src/.tgt (one example per line).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Output slot length (default: the task's: squad 32, xsum 64, personachat 32).
+    /// Output slot length (default: eval and calibrate use the model's recorded
+    /// elmer_max_len, as generate does; otherwise, and for fine-tuning, the task's: squad 32,
+    /// xsum 64, personachat 32).
     #[arg(long)]
     pub max_len: Option<usize>,
     /// Source truncation in tokens (default: the task's: squad 128, xsum 512, personachat 256).
@@ -227,7 +229,11 @@ pub fn evaluate(
     let test = &test[..limit];
     let sources: Vec<&str> = test.iter().map(|e| e.source.as_str()).collect();
     let refs: Vec<String> = test.iter().map(|e| postprocess(&e.target)).collect();
-    let max_len = t.max_len.unwrap_or(task.max_len);
+    // As `generate` and `calibrate` do: the slot the model was fine-tuned with, unless given.
+    let max_len = t
+        .max_len
+        .or(model.config().elmer_max_len)
+        .unwrap_or(task.max_len);
     let max_src = t
         .max_source_len
         .unwrap_or(task.max_source_len)
@@ -256,6 +262,40 @@ pub fn evaluate(
         model_dir.display()
     ))?;
     out.flush()?;
+    {
+        // The generation settings every row below uses (the model's recorded ones unless
+        // given), so a table says what produced it.
+        let g = Generator::new(
+            &model,
+            GenerationConfig {
+                max_len,
+                policy: Some(ExitPolicy::LastLayer),
+                length: opts.length.target_length(),
+                length_offset: opts.length_offset,
+                length_candidates: opts.length_candidates,
+                drop_orphan_pieces: OrphanPiecesArg::drop(opts.orphan_pieces),
+                ..GenerationConfig::default()
+            },
+        )?;
+        let length = if g.predicts_length() {
+            format!(
+                "predicted {:+}, {} candidate(s)",
+                g.length_offset(),
+                g.length_candidates()
+            )
+        } else {
+            "the slot, cut at </s>".to_string()
+        };
+        out.line(format_args!(
+            "generation: slot {max_len}, length {length}, orphan pieces {}",
+            if g.drops_orphan_pieces() {
+                "dropped"
+            } else {
+                "kept"
+            }
+        ))?;
+        out.flush()?;
+    }
     let cols: Vec<String> = task.metrics.iter().map(Metric::name).collect();
     let layers = model.num_decoder_layers();
     let mut table = vec![
