@@ -110,7 +110,9 @@ impl Default for GenerationConfig {
 /// One generated output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
-    /// Decoded text (special tokens dropped); empty when generating from ids without a tokenizer.
+    /// Decoded text (special tokens dropped; orphan subword pieces dropped and repeated words
+    /// collapsed when [`GenerationConfig`] or the model's config asks); empty when generating
+    /// from ids without a tokenizer.
     pub text: String,
     /// Generated ids before the first `</s>` (exclusive).
     pub ids: Vec<u32>,
