@@ -9,6 +9,8 @@
 //! A model with a length head can instead decode a slot of its own predicted length per
 //! source ([`TargetLength`]), or several of its most likely lengths, keeping the most probable
 //! output ([`GenerationConfig::length_candidates`], a length beam).
+//! The text can drop orphan subword pieces, continuation pieces the parallel decoder glued
+//! onto an unrelated word ([`GenerationConfig::drop_orphan_pieces`]).
 //!
 //! Results do not depend on the batch size or order (each example's computation is masked
 //! from the others'), and per-layer exit statistics accumulate over a whole run.
