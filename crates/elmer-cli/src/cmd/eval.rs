@@ -262,21 +262,22 @@ pub fn evaluate(
         model_dir.display()
     ))?;
     out.flush()?;
+    // The generation settings of every row below (the model's recorded ones unless given).
+    let gen_cfg = |policy: ExitPolicy| GenerationConfig {
+        max_len,
+        policy: Some(policy),
+        batch_size: opts.gen_batch_size,
+        max_source_len: Some(max_src),
+        collapse_repeats: false,
+        length: opts.length.target_length(),
+        length_offset: opts.length_offset,
+        length_candidates: opts.length_candidates,
+        drop_orphan_pieces: OrphanPiecesArg::drop(opts.orphan_pieces),
+        ..GenerationConfig::default()
+    };
     {
-        // The generation settings every row below uses (the model's recorded ones unless
-        // given), so a table says what produced it.
-        let g = Generator::new(
-            &model,
-            GenerationConfig {
-                max_len,
-                policy: Some(ExitPolicy::LastLayer),
-                length: opts.length.target_length(),
-                length_offset: opts.length_offset,
-                length_candidates: opts.length_candidates,
-                drop_orphan_pieces: OrphanPiecesArg::drop(opts.orphan_pieces),
-                ..GenerationConfig::default()
-            },
-        )?;
+        // Printed, so a table says what produced it.
+        let g = Generator::new(&model, gen_cfg(ExitPolicy::LastLayer))?;
         let length = if g.predicts_length() {
             format!(
                 "predicted {:+}, {} candidate(s)",
@@ -317,20 +318,13 @@ pub fn evaluate(
     let bar = progress::bar(policies.len(), "evaluating");
     for (i, (name, policy)) in policies.into_iter().enumerate() {
         bar.set_message(format!("exit {name}"));
-        let cfg = GenerationConfig {
-            max_len,
-            policy: Some(policy),
-            batch_size: opts.gen_batch_size,
-            max_source_len: Some(max_src),
-            collapse_repeats: false,
-            length: opts.length.target_length(),
-            length_offset: opts.length_offset,
-            length_candidates: opts.length_candidates,
-            drop_orphan_pieces: OrphanPiecesArg::drop(opts.orphan_pieces),
-            ..GenerationConfig::default()
-        };
-        let (hyps, stats, latency) =
-            generate_all(&model, &tok, &sources, cfg, opts.latency_samples)?;
+        let (hyps, stats, latency) = generate_all(
+            &model,
+            &tok,
+            &sources,
+            gen_cfg(policy),
+            opts.latency_samples,
+        )?;
         if i == 0 {
             if let Some(path) = &opts.output {
                 let text = hyps.join("\n") + "\n";
