@@ -7,6 +7,8 @@
 //! - [`argmax_entropy`]: off-ramp argmax and entropy over `[vocab, tokens]` logits;
 //! - [`cross_entropy`]: the training NLL and its gradient over `[rows, vocab]` logits;
 //! - [`fused`]: in-place bias + activation and scaled, masked attention softmax;
+//! - [`packed`]: dense layers against weights packed at load time (AVX-512 register tiles),
+//!   with [`amx`] tiles for bf16 on Intel CPUs that have AMX-BF16;
 //! - [`gemv`]: dense layers for one to four rows (AR steps, the last active tokens);
 //! - [`attention`]: the multi-head attention core with its backward pass (training);
 //! - [`training`]: layer norm, bias + GELU and attention softmax with their backward passes;
@@ -18,6 +20,7 @@
 //! are compiled for AVX2/FMA and selected by [`cpu::has_avx2_fma`]; nothing is compiled for one
 //! micro-architecture only.
 
+pub(crate) mod amx;
 pub(crate) mod argmax_entropy;
 pub(crate) mod attention;
 pub(crate) mod cpu;

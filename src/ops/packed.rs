@@ -51,9 +51,21 @@ impl Precision {
     }
 }
 
+/// `ELMER_CPU_KERNELS`, trimmed and lower-cased (empty when unset).
+fn kernels_env() -> String {
+    std::env::var("ELMER_CPU_KERNELS")
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
 /// Whether the packed kernels are turned off by `ELMER_CPU_KERNELS=portable`.
 fn forced_portable() -> bool {
-    std::env::var("ELMER_CPU_KERNELS").is_ok_and(|v| v.trim().eq_ignore_ascii_case("portable"))
+    kernels_env() == "portable"
+}
+
+/// Whether `ELMER_CPU_KERNELS` is `avx512` or `portable`: no AMX tiles.
+pub(crate) fn kernels_forced_below_amx() -> bool {
+    matches!(kernels_env().as_str(), "avx512" | "portable")
 }
 
 /// Whether this CPU runs the kernels of `precision` (checked at run time).
@@ -125,6 +137,8 @@ pub struct PackedMatrix {
     f32_data: Vec<f32>,
     /// Bf16: panel p is `[k2][16][2]` at `p * k2 * 32`, `k2 = ceil(k / 2)`.
     bf16_data: Vec<u16>,
+    /// Bf16 products run on AMX tiles ([`super::amx`]) instead of AVX512_BF16.
+    amx: bool,
 }
 
 impl PackedMatrix {
@@ -152,6 +166,7 @@ impl PackedMatrix {
             precision,
             f32_data: Vec::new(),
             bf16_data: Vec::new(),
+            amx: false,
         };
         match precision {
             Precision::F32 => {
@@ -176,6 +191,7 @@ impl PackedMatrix {
                     }
                 }
                 m.bf16_data = d;
+                m.amx = super::amx::available() && k2.is_multiple_of(16);
             }
         }
         Ok(Some(m))
@@ -202,6 +218,18 @@ impl PackedMatrix {
     /// The storage precision.
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// Whether the products run on AMX tiles (bf16 on a CPU with AMX-BF16, `k` a multiple
+    /// of 32, `ELMER_CPU_KERNELS` not `avx512`).
+    pub fn uses_amx(&self) -> bool {
+        self.amx
+    }
+
+    /// The same matrix on the AVX512_BF16 kernel instead of AMX (tests, comparisons).
+    pub fn without_amx(mut self) -> Self {
+        self.amx = false;
+        self
     }
 
     /// Bytes held.
@@ -251,7 +279,8 @@ impl PackedMatrix {
         if m == 0 {
             return y;
         }
-        let groups = n.div_ceil(LANES * NP);
+        // Units of work split over the pool: 48-column groups, or 32-column panel pairs on AMX.
+        let groups = n.div_ceil(LANES * if self.amx { 2 } else { NP });
         // About 256 KFLOP per task at least (at one row that is 512 KB of f32 weights to
         // stream): below that the pool costs more than it saves.
         let work = 2 * m * n * k;
@@ -266,6 +295,25 @@ impl PackedMatrix {
         };
         let run = |t: usize| {
             let (g0, g1) = (t * groups / tasks, (t + 1) * groups / tasks);
+            #[cfg(target_arch = "x86_64")]
+            if self.amx {
+                // SAFETY: `amx` is set only where AMX is available and `k2 % 16 == 0`; `xb`
+                // holds `m * k2` pairs; task t writes only the columns of panel pairs
+                // g0..g1, disjoint from every other task's; `y` outlives the loop.
+                unsafe {
+                    super::amx::panel_pairs(
+                        &xb,
+                        m,
+                        k.div_ceil(2),
+                        &self.bf16_data,
+                        n,
+                        g0,
+                        g1,
+                        out.0,
+                    )
+                };
+                return;
+            }
             // SAFETY: task t writes only the columns of groups g0..g1 of every row, disjoint
             // from every other task's; `y` outlives the parallel loop.
             unsafe { self.groups(x, &xb, m, g0, g1, out) };
@@ -606,6 +654,44 @@ mod tests {
                     0.0
                 );
             }
+        }
+    }
+
+    /// Both bf16 kernels (AMX tiles and AVX512_BF16) against the f32 product of the rounded
+    /// operands, over row counts around the 16-row tile and partial last panels.
+    #[test]
+    fn amx_and_avx512_bf16_kernels_agree() {
+        if !available(Precision::Bf16) {
+            eprintln!("skipping: this CPU lacks AVX512_BF16");
+            return;
+        }
+        if !super::super::amx::available() {
+            eprintln!("skipping the AMX half: no AMX-BF16 here (or ELMER_CPU_KERNELS=avx512)");
+        }
+        let dev = Device::Cpu;
+        for (m, k, n) in [
+            (1, 32, 16),
+            (5, 64, 17),
+            (16, 96, 32),
+            (17, 192, 50),
+            (31, 32, 33),
+            (32, 768, 100),
+            (33, 64, 48),
+            (70, 128, 31),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let want = bf16_round(&x).matmul(&bf16_round(&w).t().unwrap()).unwrap();
+            let tol = 1e-4 * (k as f32).sqrt() * 4.0;
+            let packed = PackedMatrix::pack(&w, Precision::Bf16).unwrap().unwrap();
+            assert_eq!(packed.uses_amx(), super::super::amx::available());
+            let got = packed.matmul(&x).unwrap();
+            let d = crate::ops::max_abs_diff(&got, &want);
+            assert!(d < tol, "default bf16 kernel [{m},{k}]x[{n},{k}]^T: {d}");
+            let fallback = packed.without_amx();
+            assert!(!fallback.uses_amx());
+            let d = crate::ops::max_abs_diff(&fallback.matmul(&x).unwrap(), &want);
+            assert!(d < tol, "AVX512_BF16 kernel [{m},{k}]x[{n},{k}]^T: {d}");
         }
     }
 
