@@ -151,6 +151,7 @@ mod x86 {
     /// Bytes of one B tile: 16 pair-rows x 16 columns x 2 bf16.
     const B_TILE: usize = 1024;
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn panel_pairs(
         xb: &[u32],
         m: usize,
