@@ -275,7 +275,10 @@ impl PackedMatrix {
     pub fn matmul_slice(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
         assert_eq!(x.len(), m * k, "packed matmul: x is not [m, k]");
-        let mut y = vec![0f32; m * n];
+        // Not zeroed: every element is stored below (each task stores every row of its
+        // columns; the first block of `k` stores rather than adds). Zeroing cost about 2 % of
+        // the encoder's time on the 2-core Xeon (`perf`: memset).
+        let mut y: Vec<f32> = Vec::with_capacity(m * n);
         if m == 0 {
             return y;
         }
@@ -323,6 +326,8 @@ impl PackedMatrix {
         } else {
             (0..tasks).into_par_iter().for_each(run);
         }
+        // SAFETY: the tasks above wrote all `m * n` elements (see the allocation).
+        unsafe { y.set_len(m * n) };
         y
     }
 
