@@ -70,8 +70,9 @@ pub struct LoadOptions {
     /// Compute dtype; `None` means f32 (f16/bf16 weights are converted). On CPU,
     /// `Some(DType::BF16)` (with [`crate::ElmerModel::from_dir`]) is mixed precision: the
     /// dense layers and the off-ramps' vocabulary projection are stored in bf16 and run on
-    /// AVX512_BF16 dot products (activations rounded to bf16 per product, sums and all other
-    /// work in f32); a CPU without AVX512_BF16 gets [`Error::Unsupported`].
+    /// AMX-BF16 tiles where the CPU has them (Intel Xeon since Sapphire Rapids, on Linux),
+    /// else on AVX512_BF16 dot products (activations rounded to bf16 per product, sums and
+    /// all other work in f32); a CPU without AVX512_BF16 gets [`Error::Unsupported`].
     pub dtype: Option<DType>,
     /// Refuse checkpoints with tensors the model does not use.
     pub strict: bool,

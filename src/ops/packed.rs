@@ -15,8 +15,10 @@
 //!
 //! Kernels are chosen at run time: [`Precision::F32`] needs AVX-512F, [`Precision::Bf16`]
 //! also AVX512_BF16 ([`available`]); without them nothing is packed and the callers keep
-//! candle's matmul. `ELMER_CPU_KERNELS=portable` turns packing off (the fallback path, for
-//! tests and comparisons).
+//! candle's matmul. Where the CPU also has AMX-BF16 (Intel, on Linux) the bf16 products run
+//! on AMX tiles ([`super::amx`]: the same packed layout is the tiles' operand layout);
+//! `ELMER_CPU_KERNELS=avx512` keeps the AVX512_BF16 kernel, `ELMER_CPU_KERNELS=portable`
+//! turns packing off (the fallback paths, for tests and comparisons).
 //!
 //! Shapes: `x` `[m, k]` f32 row-major, packed `W` `[n, k]`; result `[m, n]` f32 row-major.
 

@@ -201,7 +201,8 @@ pub enum DtypeArg {
     /// f32 weights and arithmetic.
     #[default]
     F32,
-    /// On CPU: the dense layers and off-ramps in bf16 (AVX512_BF16; refused without it),
+    /// On CPU: the dense layers and off-ramps in bf16 (AMX-BF16 tiles where present, else
+    /// AVX512_BF16; refused without it),
     /// the rest in f32. On CUDA: bf16 throughout.
     Bf16,
     /// f16 weights and activations throughout: meant for CUDA; on CPU it runs through

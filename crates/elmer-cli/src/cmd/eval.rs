@@ -100,7 +100,7 @@ pub struct EvalOpts {
     #[arg(long, value_enum)]
     pub orphan_pieces: Option<OrphanPiecesArg>,
     /// Weight precision of the evaluated model on CPU: f32 or bf16 (dense layers and
-    /// off-ramps in bf16 on AVX512_BF16, the rest f32).
+    /// off-ramps in bf16 on AMX-BF16 or AVX512_BF16, the rest f32).
     #[arg(long, value_enum, default_value_t = io::DtypeArg::F32)]
     pub dtype: io::DtypeArg,
 }

@@ -36,8 +36,8 @@ pub struct Args {
     /// cpu, cuda or cuda:<ordinal>.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Weight precision: f32, bf16 (on CPU: dense layers and off-ramps in bf16 on AVX512_BF16,
-    /// the rest f32) or f16 (all of it; meant for CUDA, slower on CPU).
+    /// Weight precision: f32, bf16 (on CPU: dense layers and off-ramps in bf16 on AMX-BF16 or
+    /// AVX512_BF16, the rest f32) or f16 (all of it; meant for CUDA, slower on CPU).
     #[arg(long, value_enum, default_value_t = io::DtypeArg::F32)]
     pub dtype: io::DtypeArg,
     /// One JSON object per line: text, ids, exit_layers, latency_ms.
