@@ -105,6 +105,16 @@ impl Linear {
             None => self.weight.dim(0)?,
         };
         let x2 = xs.reshape((rows, in_dim))?;
+        if let (Some(p), Some(b), Some(fact)) = (
+            self.packed.as_deref(),
+            &self.bias,
+            crate::ops::fused::FusedAct::of(act),
+        ) {
+            if xs.device().is_cpu() && !xs.track_op() && xs.dtype() == DType::F32 {
+                // Bias and activation in the products' epilogue, block by block.
+                return p.matmul_bias_act(&x2, b, fact)?.reshape(out_dims);
+            }
+        }
         let y = match self.packed.as_deref() {
             // At any row count (at one row it streams the weights as fast as the few-row
             // kernel: `cargo bench --bench kernels -- one_row`).

@@ -72,7 +72,8 @@ fn detect() -> bool {
 ///
 /// # Safety
 /// [`available`] is true; `k2` is a multiple of 16; `xb` holds `m * k2` pairs, `w` the
-/// panels; `y` points to `m * n` f32 and no other thread writes these columns.
+/// panels; `y` points to `m * n` f32 and no other thread writes these columns; `epi`
+/// (applied to each finished block) has a bias of `n` values.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn panel_pairs(
@@ -84,8 +85,9 @@ pub(crate) unsafe fn panel_pairs(
     q0: usize,
     q1: usize,
     y: *mut f32,
+    epi: Option<super::packed::Epilogue>,
 ) {
-    x86::panel_pairs(xb, m, k2, w, n, q0, q1, y)
+    x86::panel_pairs(xb, m, k2, w, n, q0, q1, y, epi)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -161,6 +163,7 @@ mod x86 {
         q0: usize,
         q1: usize,
         y: *mut f32,
+        epi: Option<super::super::packed::Epilogue>,
     ) {
         let panels = n.div_ceil(16);
         let ldx = k2 * 4; // bytes between rows of x
@@ -270,6 +273,10 @@ mod x86 {
                     if two {
                         store::<3>(yrow1, ldy, p0 + 1, n, h1, &mut scratch);
                     }
+                }
+                if let Some(e) = &epi {
+                    // This block of the result, while it is in L1.
+                    e.apply(y, n, r0, r0 + h, 16 * p0, (16 * (p0 + 2)).min(n));
                 }
             }
             r0 += h;

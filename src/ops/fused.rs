@@ -39,9 +39,9 @@ fn inplace_ok(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() && !t.track_op()
 }
 
-/// Activation applied by [`bias_act_`].
+/// Activation applied by [`bias_act_`] (and by the packed products' epilogue).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FusedAct {
+pub(crate) enum FusedAct {
     None,
     Gelu,
     Relu,
@@ -70,7 +70,20 @@ unsafe fn bias_act_avx2(rows: &mut [f32], b: &[f32], act: FusedAct) {
     bias_act_body(rows, b, act)
 }
 
-fn bias_act_rows(rows: &mut [f32], b: &[f32], act: FusedAct) {
+impl FusedAct {
+    /// The fused form of `act` (`None`: bias only); `None` for activations without one.
+    pub(crate) fn of(act: Option<Activation>) -> Option<Self> {
+        match act {
+            None => Some(FusedAct::None),
+            Some(Activation::Gelu) => Some(FusedAct::Gelu),
+            Some(Activation::Relu) => Some(FusedAct::Relu),
+            Some(_) => None,
+        }
+    }
+}
+
+/// In place `rows <- act(rows + b)` for rows of `b.len()` values, on the calling thread.
+pub(crate) fn bias_act_rows(rows: &mut [f32], b: &[f32], act: FusedAct) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports the enabled target features (checked just above).
@@ -114,11 +127,8 @@ impl InplaceOp2 for BiasAct {
 /// `y` untouched, when the kernel does not apply (not CPU / f32 / contiguous, gradients
 /// tracked, or another activation): the caller then uses candle ops.
 pub fn bias_act_(y: &Tensor, bias: &Tensor, act: Option<Activation>) -> candle_core::Result<bool> {
-    let act = match act {
-        None => FusedAct::None,
-        Some(Activation::Gelu) => FusedAct::Gelu,
-        Some(Activation::Relu) => FusedAct::Relu,
-        Some(_) => return Ok(false),
+    let Some(act) = FusedAct::of(act) else {
+        return Ok(false);
     };
     if !inplace_ok(y) || bias.track_op() || bias.dtype() != DType::F32 || !bias.is_contiguous() {
         return Ok(false);
