@@ -179,6 +179,8 @@ mod x86 {
             asm!("ldtilecfg [{0}]", in(reg) &cfg as *const TileConfig, options(nostack));
             let a0 = xb.as_ptr().add(r0 * k2) as *const u8;
             let a1 = a0.add(16 * ldx);
+            // The first block of rows streams the weights from memory: fetch them ahead.
+            let pf = r0 == 0;
             for q in q0..q1 {
                 let p0 = 2 * q;
                 let two = p0 + 1 < panels;
@@ -192,6 +194,9 @@ mod x86 {
                 match (h1 > 0, two) {
                     (true, true) => {
                         for s in 0..steps {
+                            if pf {
+                                prefetch_b(b0, b1, s);
+                            }
                             asm!(
                                 "tileloadd tmm4, [{a0} + {lda}]",
                                 "tileloadd tmm5, [{a1} + {lda}]",
@@ -213,6 +218,9 @@ mod x86 {
                     }
                     (false, true) => {
                         for s in 0..steps {
+                            if pf {
+                                prefetch_b(b0, b1, s);
+                            }
                             asm!(
                                 "tileloadd tmm4, [{a0} + {lda}]",
                                 "tileloadd tmm6, [{b0} + {ldb}]",
@@ -282,6 +290,21 @@ mod x86 {
             r0 += h;
         }
         asm!("tilerelease", options(nostack, nomem));
+    }
+
+    /// B tiles this many steps ahead are prefetched (4 KB a panel).
+    const PREFETCH_STEPS: usize = 4;
+
+    /// Prefetches step `s + PREFETCH_STEPS` of the two panels at `b0`, `b1` (16 cache lines
+    /// each; past the end of the weights the hint is dropped, nothing is read).
+    #[inline(always)]
+    unsafe fn prefetch_b(b0: *const u8, b1: *const u8, s: usize) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let off = (s + PREFETCH_STEPS) * B_TILE;
+        for line in 0..B_TILE / 64 {
+            _mm_prefetch::<_MM_HINT_T0>(b0.wrapping_add(off + 64 * line) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(b1.wrapping_add(off + 64 * line) as *const i8);
+        }
     }
 
     #[repr(C, align(64))]

@@ -64,6 +64,8 @@ const MR: usize = 8;
 const NP: usize = 3;
 /// Values of `k` per cache block.
 const KC: usize = 256;
+/// Steps of `k` the first row tile prefetches the weights ahead (16 steps: 1 KB a panel).
+const PREFETCH: usize = 16;
 
 /// Storage precision of a packed matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -450,6 +452,7 @@ impl PackedMatrix {
                         let yp = y.0.add(r0 * self.n + col0);
                         let tile = Tile {
                             kc: kb,
+                            prefetch: r0 == 0,
                             ldx: ksteps,
                             panel: ksteps * LANES * self.pair(),
                             ldy: self.n,
@@ -521,7 +524,7 @@ unsafe impl Sync for SendPtr {}
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::LANES;
+    use super::{LANES, PREFETCH};
 
     /// `x` as bf16 pairs (round to nearest even), 32 values at a time (`x.len() % 32 == 0`).
     #[target_feature(enable = "avx512f,avx512bf16")]
@@ -555,6 +558,16 @@ mod x86 {
     ) {
         let mut acc = init::<R, P>(t, y);
         for kk in 0..t.kc {
+            if t.prefetch {
+                // The weights PREFETCH steps ahead (the panels run on into the next block
+                // of k): this tile streams them from memory, the other row tiles then
+                // find them in cache.
+                for p in 0..P {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        w.wrapping_add(p * t.panel + (kk + PREFETCH) * LANES) as *const i8,
+                    );
+                }
+            }
             let mut b = [_mm512_setzero_ps(); P];
             for (p, bp) in b.iter_mut().enumerate() {
                 *bp = _mm512_loadu_ps(w.add(p * t.panel + kk * LANES));
@@ -580,6 +593,14 @@ mod x86 {
     ) {
         let mut acc = init::<R, P>(t, y);
         for kk in 0..t.kc {
+            if t.prefetch {
+                // As in `f32_tile`: 16 steps (2 KB a panel of bf16 pairs) ahead.
+                for p in 0..P {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        w.wrapping_add(p * t.panel + (kk + PREFETCH) * LANES * 2) as *const i8,
+                    );
+                }
+            }
             let mut b = [_mm512_setzero_si512(); P];
             for (p, bp) in b.iter_mut().enumerate() {
                 *bp = _mm512_loadu_si512(w.add(p * t.panel + kk * LANES * 2) as *const _);
@@ -640,6 +661,8 @@ mod x86 {
 /// rows `ldy` apart; `first`: the first block of `k` (else add to `y`).
 struct Tile {
     kc: usize,
+    /// Prefetch the weights ahead (the first row tile of a block).
+    prefetch: bool,
     ldx: usize,
     panel: usize,
     ldy: usize,
