@@ -92,7 +92,7 @@ impl Weights {
     /// before [`crate::ElmerModel::from_weights`]. Not for training: the copies are no
     /// longer the variables an optimizer updates. A no-op on non-CPU devices.
     pub fn into_inference_layout(self) -> Result<Self> {
-        self.into_inference_layout_precision(Precision::F32)
+        self.into_inference_layout_precision(Precision::F32, true)
     }
 
     /// [`into_inference_layout`](Self::into_inference_layout) with the dense layers'
@@ -103,8 +103,8 @@ impl Weights {
     /// the result keeps the packed copies of the dense layers, not their tensors.
     pub fn into_inference_layout_with(self, dtype: DType) -> Result<Self> {
         match dtype {
-            DType::F32 => self.into_inference_layout_precision(Precision::F32),
-            DType::BF16 => self.into_inference_layout_precision(Precision::Bf16),
+            DType::F32 => self.into_inference_layout_precision(Precision::F32, true),
+            DType::BF16 => self.into_inference_layout_precision(Precision::Bf16, true),
             other => Err(Error::invalid_arg(
                 "dtype",
                 format!("inference layout in {other:?}: f32 or bf16"),
@@ -112,7 +112,13 @@ impl Weights {
         }
     }
 
-    pub(crate) fn into_inference_layout_precision(mut self, precision: Precision) -> Result<Self> {
+    /// With `pack_f32_table` (f32 only; bf16 always packs it) the off-ramps' vocabulary
+    /// table is packed too, next to the row-major copy the embeddings read.
+    pub(crate) fn into_inference_layout_precision(
+        mut self,
+        precision: Precision,
+        pack_f32_table: bool,
+    ) -> Result<Self> {
         let packable = |t: &Tensor| {
             t.rank() == 2 && t.device().is_cpu() && t.dtype() == DType::F32 && !t.is_variable()
         };
@@ -121,8 +127,12 @@ impl Weights {
                 return Ok(self);
             }
             crate::ops::packed::require(Precision::Bf16)?;
+        }
+        if precision == Precision::Bf16 || pack_f32_table {
             // The off-ramps' vocabulary projection (the tied table stays f32 for the
-            // embeddings; an untied head is packed too).
+            // embeddings; an untied head is packed too). In f32 this is a second copy of
+            // the table (154 MB at BART's vocabulary) for 1.4-1.5x faster off-ramps than
+            // candle's `W h^T` (`cargo bench --bench kernels -- offramp_32rows`).
             for table in ["shared.weight", "lm_head.weight"] {
                 if let Some(t) = self.map.get(table) {
                     if packable(t) {
@@ -138,7 +148,7 @@ impl Weights {
             let Some(t) = self.map.get(&name) else {
                 continue;
             };
-            // Off-ramps in bf16 only: in f32 they stay with candle's `W h^T`, near its peak.
+            // Per-layer off-ramps are packed in bf16 only.
             let dense = is_dense(&name);
             let offramp = precision == Precision::Bf16 && is_offramp(&name);
             if !(dense || offramp) || !packable(t) {
