@@ -45,15 +45,28 @@ fn packed_and_portable_dense_layers_agree() {
         let (cfg, w, _) =
             elmer::checkpoint::load_dir(model_dir(dir), &LoadOptions::default()).unwrap();
         let portable = ElmerModel::from_weights(cfg, &w).unwrap();
-        // From the directory: packed on a CPU with AVX-512F, else the transposed layout.
-        let fast = ElmerModel::from_dir(model_dir(dir), &LoadOptions::default()).unwrap();
-        for ((name, a, ids_a), (_, b, ids_b)) in outputs(&portable, refname)
-            .into_iter()
-            .zip(outputs(&fast, refname))
-        {
-            let d = max_abs_diff(&a, &b);
-            assert!(d < 1e-4, "{dir} {name}: {d}");
-            assert_eq!(ids_a, ids_b, "{dir} {name}");
+        // From the directory: packed on a CPU with AVX-512F, else the transposed layout;
+        // with and without the off-ramps' vocabulary table packed.
+        for pack_offramp_table in [true, false] {
+            let opts = LoadOptions {
+                pack_offramp_table,
+                ..LoadOptions::default()
+            };
+            let fast = ElmerModel::from_dir(model_dir(dir), &opts).unwrap();
+            for ((name, a, ids_a), (_, b, ids_b)) in outputs(&portable, refname)
+                .into_iter()
+                .zip(outputs(&fast, refname))
+            {
+                let d = max_abs_diff(&a, &b);
+                assert!(
+                    d < 1e-4,
+                    "{dir} {name} (table packed: {pack_offramp_table}): {d}"
+                );
+                assert_eq!(
+                    ids_a, ids_b,
+                    "{dir} {name} (table packed: {pack_offramp_table})"
+                );
+            }
         }
     }
 }
