@@ -72,7 +72,7 @@ fn kernels(c: &mut Criterion) {
             .into_iter()
             .filter_map(|p| PackedMatrix::pack(&wt[0], p).expect("pack").map(|m| (p, m)))
             .collect();
-        for rows in [16usize, 32, 64, 128] {
+        for rows in [16usize, 32, 64, 128, 512] {
             let x = randn((rows, inp));
             g.throughput(Throughput::Elements((2 * rows * inp * out) as u64));
             g.bench_function(format!("{name}_{rows}rows_candle_gemm"), |b| {
