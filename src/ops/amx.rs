@@ -178,14 +178,16 @@ mod x86 {
             let cfg = TileConfig::new(h0, h1);
             asm!("ldtilecfg [{0}]", in(reg) &cfg as *const TileConfig, options(nostack));
             let a0 = xb.as_ptr().add(r0 * k2) as *const u8;
-            let a1 = a0.add(16 * ldx);
+            // Rows 16.. of the block (not dereferenced when h1 is 0, hence wrapping).
+            let a1 = a0.wrapping_add(16 * ldx);
             // The first block of rows streams the weights from memory: fetch them ahead.
             let pf = r0 == 0;
             for q in q0..q1 {
                 let p0 = 2 * q;
                 let two = p0 + 1 < panels;
                 let b0 = (w.as_ptr() as *const u8).add(p0 * panel_bytes);
-                let b1 = b0.add(panel_bytes);
+                // The second panel (not dereferenced when `two` is false).
+                let b1 = b0.wrapping_add(panel_bytes);
                 // (A tile that is not configured, tmm2-3 when h1 is 0, must not be touched.)
                 asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
                 if h1 > 0 {
