@@ -260,8 +260,8 @@ impl PackedMatrix {
         self.precision
     }
 
-    /// Whether the products run on AMX tiles (bf16 on a CPU with AMX-BF16, `k` a multiple
-    /// of 32, `ELMER_CPU_KERNELS` not `avx512`).
+    /// Whether the products run on AMX tiles (bf16 on a CPU with AMX-BF16, `ceil(k / 2)` a
+    /// multiple of 16, `ELMER_CPU_KERNELS` not `avx512` or `portable`).
     pub fn uses_amx(&self) -> bool {
         self.amx
     }
