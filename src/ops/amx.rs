@@ -186,94 +186,56 @@ mod x86 {
                 let p0 = 2 * q;
                 let two = p0 + 1 < panels;
                 let b0 = (w.as_ptr() as *const u8).add(p0 * panel_bytes);
-                // The second panel (not dereferenced when `two` is false).
-                let b1 = b0.wrapping_add(panel_bytes);
+                // The second panel; for a lone last panel the first again (its products in
+                // tmm1 / tmm3 are not stored), so one kernel serves both.
+                let b1 = if two { b0.add(panel_bytes) } else { b0 };
                 // (A tile that is not configured, tmm2-3 when h1 is 0, must not be touched.)
                 asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
                 if h1 > 0 {
                     asm!("tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
                 }
-                match (h1 > 0, two) {
-                    (true, true) => {
-                        for s in 0..steps {
-                            if pf {
-                                prefetch_b(b0, b1, s);
-                            }
-                            asm!(
-                                "tileloadd tmm4, [{a0} + {lda}]",
-                                "tileloadd tmm5, [{a1} + {lda}]",
-                                "tileloadd tmm6, [{b0} + {ldb}]",
-                                "tileloadd tmm7, [{b1} + {ldb}]",
-                                "tdpbf16ps tmm0, tmm4, tmm6",
-                                "tdpbf16ps tmm1, tmm4, tmm7",
-                                "tdpbf16ps tmm2, tmm5, tmm6",
-                                "tdpbf16ps tmm3, tmm5, tmm7",
-                                a0 = in(reg) a0.add(s * 64),
-                                a1 = in(reg) a1.add(s * 64),
-                                b0 = in(reg) b0.add(s * B_TILE),
-                                b1 = in(reg) b1.add(s * B_TILE),
-                                lda = in(reg) ldx,
-                                ldb = in(reg) 64usize,
-                                options(nostack, readonly),
-                            );
-                        }
+                for s in 0..steps {
+                    if pf {
+                        prefetch_b(b0, b1, s);
                     }
-                    (false, true) => {
-                        for s in 0..steps {
-                            if pf {
-                                prefetch_b(b0, b1, s);
-                            }
-                            asm!(
-                                "tileloadd tmm4, [{a0} + {lda}]",
-                                "tileloadd tmm6, [{b0} + {ldb}]",
-                                "tileloadd tmm7, [{b1} + {ldb}]",
-                                "tdpbf16ps tmm0, tmm4, tmm6",
-                                "tdpbf16ps tmm1, tmm4, tmm7",
-                                a0 = in(reg) a0.add(s * 64),
-                                b0 = in(reg) b0.add(s * B_TILE),
-                                b1 = in(reg) b1.add(s * B_TILE),
-                                lda = in(reg) ldx,
-                                ldb = in(reg) 64usize,
-                                options(nostack, readonly),
-                            );
-                        }
-                    }
-                    (true, false) => {
-                        for s in 0..steps {
-                            asm!(
-                                "tileloadd tmm4, [{a0} + {lda}]",
-                                "tileloadd tmm5, [{a1} + {lda}]",
-                                "tileloadd tmm6, [{b0} + {ldb}]",
-                                "tdpbf16ps tmm0, tmm4, tmm6",
-                                "tdpbf16ps tmm2, tmm5, tmm6",
-                                a0 = in(reg) a0.add(s * 64),
-                                a1 = in(reg) a1.add(s * 64),
-                                b0 = in(reg) b0.add(s * B_TILE),
-                                lda = in(reg) ldx,
-                                ldb = in(reg) 64usize,
-                                options(nostack, readonly),
-                            );
-                        }
-                    }
-                    (false, false) => {
-                        for s in 0..steps {
-                            asm!(
-                                "tileloadd tmm4, [{a0} + {lda}]",
-                                "tileloadd tmm6, [{b0} + {ldb}]",
-                                "tdpbf16ps tmm0, tmm4, tmm6",
-                                a0 = in(reg) a0.add(s * 64),
-                                b0 = in(reg) b0.add(s * B_TILE),
-                                lda = in(reg) ldx,
-                                ldb = in(reg) 64usize,
-                                options(nostack, readonly),
-                            );
-                        }
+                    if h1 > 0 {
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {lda}]",
+                            "tileloadd tmm5, [{a1} + {lda}]",
+                            "tileloadd tmm6, [{b0} + {ldb}]",
+                            "tileloadd tmm7, [{b1} + {ldb}]",
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            "tdpbf16ps tmm2, tmm5, tmm6",
+                            "tdpbf16ps tmm3, tmm5, tmm7",
+                            a0 = in(reg) a0.add(s * 64),
+                            a1 = in(reg) a1.add(s * 64),
+                            b0 = in(reg) b0.add(s * B_TILE),
+                            b1 = in(reg) b1.add(s * B_TILE),
+                            lda = in(reg) ldx,
+                            ldb = in(reg) 64usize,
+                            options(nostack, readonly),
+                        );
+                    } else {
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {lda}]",
+                            "tileloadd tmm6, [{b0} + {ldb}]",
+                            "tileloadd tmm7, [{b1} + {ldb}]",
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            a0 = in(reg) a0.add(s * 64),
+                            b0 = in(reg) b0.add(s * B_TILE),
+                            b1 = in(reg) b1.add(s * B_TILE),
+                            lda = in(reg) ldx,
+                            ldb = in(reg) 64usize,
+                            options(nostack, readonly),
+                        );
                     }
                 }
                 // Store the accumulators: straight into y where all 16 columns of the panel
                 // exist, through the scratch tile for the last, partial panel.
                 let yrow0 = (y as *mut u8).add(r0 * ldy);
-                let yrow1 = yrow0.add(16 * ldy);
+                let yrow1 = yrow0.wrapping_add(16 * ldy); // used only when h1 > 0
                 store::<0>(yrow0, ldy, p0, n, h0, &mut scratch);
                 if two {
                     store::<1>(yrow0, ldy, p0 + 1, n, h0, &mut scratch);
