@@ -68,10 +68,11 @@ fn kernels(c: &mut Criterion) {
     // encoder row counts: fc1 [rows x 768] x [768 x 3072], fc2 [rows x 3072] x [3072 x 768].
     for (name, out, inp) in [("fc1", FFN, D), ("fc2", D, FFN)] {
         let (_, wt) = layouts(out, inp, 1);
-        let packed: Vec<(Precision, PackedMatrix)> = [Precision::F32, Precision::Bf16]
-            .into_iter()
-            .filter_map(|p| PackedMatrix::pack(&wt[0], p).expect("pack").map(|m| (p, m)))
-            .collect();
+        let packed: Vec<(Precision, PackedMatrix)> =
+            [Precision::F32, Precision::Bf16, Precision::Int8]
+                .into_iter()
+                .filter_map(|p| PackedMatrix::pack(&wt[0], p).expect("pack").map(|m| (p, m)))
+                .collect();
         for rows in [16usize, 32, 64, 128, 512] {
             let x = randn((rows, inp));
             g.throughput(Throughput::Elements((2 * rows * inp * out) as u64));
@@ -93,7 +94,7 @@ fn kernels(c: &mut Criterion) {
         g.bench_function("offramp_32rows_candle_w_ht", |b| {
             b.iter(|| black_box(w.matmul(&h.t().unwrap()).unwrap()))
         });
-        for p in [Precision::F32, Precision::Bf16] {
+        for p in [Precision::F32, Precision::Bf16, Precision::Int8] {
             if let Some(m) = PackedMatrix::pack(&w, p).expect("pack") {
                 g.bench_function(format!("offramp_32rows_packed_{}", p.name()), |b| {
                     b.iter(|| black_box(m.matmul(&h).unwrap()))
@@ -157,7 +158,7 @@ fn kernels(c: &mut Criterion) {
             }
         })
     });
-    for p in [Precision::F32, Precision::Bf16] {
+    for p in [Precision::F32, Precision::Bf16, Precision::Int8] {
         let packed: Vec<PackedMatrix> = w
             .iter()
             .filter_map(|w| PackedMatrix::pack(w, p).expect("pack"))

@@ -116,14 +116,19 @@ fn base_weights() -> (ElmerConfig, HashMap<String, Tensor>) {
     (cfg, map)
 }
 
-/// `ELMER_BENCH_DTYPE`: f32 (default) or bf16 (on CPU: the mixed-precision path; on CUDA:
-/// bf16 throughout).
+/// `ELMER_BENCH_DTYPE`: f32 (default), bf16 (on CPU: the mixed-precision path; on CUDA:
+/// bf16 throughout) or int8 (CPU: int8 dense layers and off-ramps, f32 activations).
 fn bench_dtype() -> candle_core::DType {
     match std::env::var("ELMER_BENCH_DTYPE").as_deref() {
         Ok("bf16") => candle_core::DType::BF16,
-        Ok("f32") | Err(_) => candle_core::DType::F32,
-        Ok(other) => panic!("ELMER_BENCH_DTYPE={other}: f32 or bf16"),
+        Ok("f32") | Ok("int8") | Err(_) => candle_core::DType::F32,
+        Ok(other) => panic!("ELMER_BENCH_DTYPE={other}: f32, bf16 or int8"),
     }
+}
+
+/// `ELMER_BENCH_DTYPE=int8`: the CPU int8 path.
+fn bench_int8() -> Option<elmer::Precision> {
+    (std::env::var("ELMER_BENCH_DTYPE").as_deref() == Ok("int8")).then_some(elmer::Precision::Int8)
 }
 
 /// `ELMER_BENCH_DEVICE`: cpu (default) or cuda:N (a build with the `cuda` feature).
@@ -151,6 +156,7 @@ fn base_model() -> ElmerModel {
         let opts = elmer::LoadOptions {
             device: bench_device(),
             dtype: Some(bench_dtype()),
+            cpu_precision: bench_int8(),
             ..Default::default()
         };
         return ElmerModel::from_dir(&dir, &opts).unwrap();
@@ -161,9 +167,12 @@ fn base_model() -> ElmerModel {
     // the CPU mixed-precision path (dense layers and off-ramps in bf16).
     let dev = bench_device();
     let weights = if dev.is_cpu() {
-        Weights::new(map)
-            .into_inference_layout_with(bench_dtype())
-            .unwrap()
+        match bench_int8() {
+            Some(p) => Weights::new(map).into_inference_layout_as(p).unwrap(),
+            None => Weights::new(map)
+                .into_inference_layout_with(bench_dtype())
+                .unwrap(),
+        }
     } else {
         let dtype = bench_dtype();
         Weights::new(
@@ -519,7 +528,7 @@ fn write_summary(load_before: &str) {
         "device": format!("{:?}", bench_device().location()),
         "dtype": "f32",
         "threads": candle_core::utils::get_num_threads(),
-        "model": format!("BART-base shape (d 768, 6+6 layers, 12 heads, ffn 3072, vocab 50265), random N(0, 0.02), weights {:?}", bench_dtype()),
+        "model": format!("BART-base shape (d 768, 6+6 layers, 12 heads, ffn 3072, vocab 50265), random N(0, 0.02), weights {}", std::env::var("ELMER_BENCH_DTYPE").unwrap_or_else(|_| "f32".into())),
         "fixed_exit_fractions": EXIT_FRACTIONS,
         "loadavg_before": load_before,
         "loadavg_after": load_after,

@@ -69,6 +69,7 @@ pub use model::exit::{DecodeOptions, DecoderOutput, ExitPolicy, SoftTeacher};
 pub use model::{ElmerModel, EncoderOutput};
 pub use model_dir::{ModelDir, TokenizerFiles};
 pub use nn::Mode;
+pub use ops::packed::Precision;
 pub use runtime::{limit_pool_spinning, POOL_SPIN_LIMIT};
 pub use special_tokens::SpecialTokens;
 pub use tokenizer::{BartTokenizer, EncodedBatch, TokenizerTrainConfig};

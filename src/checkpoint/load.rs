@@ -84,8 +84,17 @@ pub struct LoadOptions {
     /// the f32 kernels (on by default). The off-ramp projection then runs 1.4-1.5x faster
     /// (every layer computes one under soft and hard exit), at the cost of a second copy
     /// of the table: `vocab x d x 4` bytes, 154 MB at BART-base's size. `false` saves that
-    /// memory. bf16 always packs the table (its copy is the bf16 one).
+    /// memory. bf16 and int8 always pack the table (their copy is the reduced one).
     pub pack_offramp_table: bool,
+    /// On CPU, the precision of the dense layers and off-ramps (packed at load time):
+    /// `None` follows `dtype` (bf16 for `Some(DType::BF16)`, else f32).
+    /// `Some(Precision::Int8)` quantizes their weights to int8 (one scale per output column)
+    /// and the activations entering them per row on every call, with products summed
+    /// exactly in i32 on AVX512-VNNI (Intel Xeon since Ice Lake, AMD EPYC since Zen 4); a
+    /// CPU without it gets [`Error::Unsupported`], as does a non-CPU device or a `dtype`
+    /// other than f32 with it. Everything else (attention, layer norm, softmax, the
+    /// embeddings) stays f32. See [`Self::cpu_supports`].
+    pub cpu_precision: Option<Precision>,
 }
 
 impl Default for LoadOptions {
@@ -96,6 +105,7 @@ impl Default for LoadOptions {
             strict: false,
             allow_non_finite: false,
             pack_offramp_table: true,
+            cpu_precision: None,
         }
     }
 }
@@ -106,6 +116,51 @@ impl LoadOptions {
     /// `portable`.
     pub fn cpu_bf16_supported() -> bool {
         crate::ops::packed::available(Precision::Bf16)
+    }
+
+    /// Whether this CPU runs inference in `precision` (`cpu_precision: Some(precision)`):
+    /// f32 packing needs AVX-512F (without it f32 runs on candle's gemm), bf16 also
+    /// AVX512_BF16, int8 AVX512-VNNI (checked at run time), and `ELMER_CPU_KERNELS` is not
+    /// `portable`.
+    pub fn cpu_supports(precision: Precision) -> bool {
+        crate::ops::packed::available(precision)
+    }
+
+    /// The packed precision these options ask for on CPU (see [`Self::cpu_precision`]), or
+    /// why the combination is invalid.
+    pub(crate) fn resolved_cpu_precision(&self) -> Result<Option<Precision>> {
+        let from_dtype = match self.dtype {
+            Some(DType::BF16) => Some(Precision::Bf16),
+            None | Some(DType::F32) => None,
+            Some(_) => None,
+        };
+        match (self.cpu_precision, from_dtype) {
+            (None, p) => Ok(p.filter(|_| self.device.is_cpu())),
+            (Some(p), _) if !self.device.is_cpu() => Err(Error::invalid_arg(
+                "cpu_precision",
+                format!(
+                    "{} packed weights are a CPU inference path; the device is {:?}",
+                    p.name(),
+                    self.device
+                ),
+            )),
+            (Some(p), Some(q)) if p != q => Err(Error::invalid_arg(
+                "cpu_precision",
+                format!("{} contradicts dtype {:?}", p.name(), self.dtype),
+            )),
+            (Some(p), _) if !matches!(self.dtype, None | Some(DType::F32) | Some(DType::BF16)) => {
+                Err(Error::invalid_arg(
+                    "cpu_precision",
+                    format!(
+                        "{} needs f32 activations, not dtype {:?}",
+                        p.name(),
+                        self.dtype
+                    ),
+                ))
+            }
+            (Some(Precision::F32), _) => Ok(None),
+            (Some(p), _) => Ok(Some(p)),
+        }
     }
 
     /// Default options on `device`.
@@ -327,14 +382,14 @@ impl ElmerModel {
         dir: impl AsRef<Path>,
         opts: &LoadOptions,
     ) -> Result<(Self, LoadReport)> {
-        // bf16 on CPU: f32 activations, the dense layers and the off-ramp projection in bf16
-        // (packed for the AVX512_BF16 kernels).
-        let cpu_bf16 = opts.device.is_cpu() && opts.dtype == Some(DType::BF16);
-        if cpu_bf16 {
-            crate::ops::packed::require(Precision::Bf16)?;
+        // bf16 / int8 on CPU: f32 activations, the dense layers and the off-ramp projection
+        // in reduced precision (packed for the AMX / AVX512_BF16 / VNNI kernels).
+        let reduced = opts.resolved_cpu_precision()?;
+        if let Some(p) = reduced {
+            crate::ops::packed::require(p)?;
         }
         let load_opts = LoadOptions {
-            dtype: if cpu_bf16 {
+            dtype: if reduced.is_some() {
                 Some(DType::F32)
             } else {
                 opts.dtype
@@ -342,10 +397,11 @@ impl ElmerModel {
             ..opts.clone()
         };
         let (cfg, weights, report) = load_dir(dir, &load_opts)?;
-        let weights = if cpu_bf16 {
-            weights.into_inference_layout_precision(Precision::Bf16, true)?
-        } else {
-            weights.into_inference_layout_precision(Precision::F32, opts.pack_offramp_table)?
+        let weights = match reduced {
+            Some(p) => weights.into_inference_layout_precision(p, true)?,
+            None => {
+                weights.into_inference_layout_precision(Precision::F32, opts.pack_offramp_table)?
+            }
         };
         Ok((ElmerModel::from_weights(cfg, &weights)?, report))
     }

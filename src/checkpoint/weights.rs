@@ -112,8 +112,18 @@ impl Weights {
         }
     }
 
-    /// With `pack_f32_table` (f32 only; bf16 always packs it) the off-ramps' vocabulary
-    /// table is packed too, next to the row-major copy the embeddings read.
+    /// [`into_inference_layout`](Self::into_inference_layout) with the dense layers and the
+    /// off-ramps' vocabulary projection packed in `precision`: [`Precision::Int8`] quantizes
+    /// them (one scale per output column; activations are quantized per row on every call)
+    /// for the AVX512-VNNI kernels, what `LoadOptions { cpu_precision: Some(Int8), .. }`
+    /// gives [`crate::ElmerModel::from_dir`]. A CPU without the instructions gets
+    /// [`Error::Unsupported`]. Weights must be f32.
+    pub fn into_inference_layout_as(self, precision: Precision) -> Result<Self> {
+        self.into_inference_layout_precision(precision, true)
+    }
+
+    /// With `pack_f32_table` (f32 only; bf16 and int8 always pack it) the off-ramps'
+    /// vocabulary table is packed too, next to the row-major copy the embeddings read.
     pub(crate) fn into_inference_layout_precision(
         mut self,
         precision: Precision,
@@ -122,13 +132,14 @@ impl Weights {
         let packable = |t: &Tensor| {
             t.rank() == 2 && t.device().is_cpu() && t.dtype() == DType::F32 && !t.is_variable()
         };
-        if precision == Precision::Bf16 {
+        let reduced = precision != Precision::F32;
+        if reduced {
             if !self.map.values().all(|t| t.device().is_cpu()) {
                 return Ok(self);
             }
-            crate::ops::packed::require(Precision::Bf16)?;
+            crate::ops::packed::require(precision)?;
         }
-        if precision == Precision::Bf16 || pack_f32_table {
+        if reduced || pack_f32_table {
             // The off-ramps' vocabulary projection (the tied table stays f32 for the
             // embeddings; an untied head is packed too). In f32 this is a second copy of
             // the table (154 MB at BART's vocabulary) for 1.4-1.5x faster off-ramps than
@@ -148,9 +159,9 @@ impl Weights {
             let Some(t) = self.map.get(&name) else {
                 continue;
             };
-            // Per-layer off-ramps are packed in bf16 only.
+            // Per-layer off-ramps are packed in reduced precision only.
             let dense = is_dense(&name);
-            let offramp = precision == Precision::Bf16 && is_offramp(&name);
+            let offramp = reduced && is_offramp(&name);
             if !(dense || offramp) || !packable(t) {
                 continue;
             }

@@ -8,7 +8,8 @@
 //! - [`cross_entropy`]: the training NLL and its gradient over `[rows, vocab]` logits;
 //! - [`fused`]: in-place bias + activation and scaled, masked attention softmax;
 //! - [`packed`]: dense layers against weights packed at load time (AVX-512 register tiles),
-//!   with [`amx`] tiles for bf16 on Intel CPUs that have AMX-BF16;
+//!   with [`amx`] tiles for bf16 on Intel CPUs that have AMX-BF16 and [`int8`] quantized
+//!   products on AVX512-VNNI;
 //! - [`gemv`]: dense layers for one to four rows (AR steps, the last active tokens);
 //! - [`attention`]: the multi-head attention core with its backward pass (training);
 //! - [`training`]: layer norm, bias + GELU and attention softmax with their backward passes;
@@ -27,6 +28,7 @@ pub(crate) mod cpu;
 pub(crate) mod cross_entropy;
 pub(crate) mod fused;
 pub(crate) mod gemv;
+pub(crate) mod int8;
 pub(crate) mod packed;
 pub(crate) mod training;
 

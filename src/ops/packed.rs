@@ -70,15 +70,20 @@ const KC: usize = 256;
 const MC_ROWS: usize = 128;
 
 /// Steps of `k` the first row tile prefetches the weights ahead (16 steps: 1 KB a panel).
-const PREFETCH: usize = 16;
+pub(crate) const PREFETCH: usize = 16;
 
 /// Storage precision of a packed matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Precision {
     /// f32 weights, f32 arithmetic.
     F32,
     /// bf16 weights; `x` rounded to bf16, products summed in f32.
     Bf16,
+    /// int8 weights (one scale per output column) and int8 activations (one scale and zero
+    /// point per row, computed on every call), products summed exactly in i32 (AVX512-VNNI),
+    /// then scaled to f32.
+    Int8,
 }
 
 impl Precision {
@@ -87,6 +92,7 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
         }
     }
 }
@@ -118,6 +124,7 @@ pub fn cpu_supports(precision: Precision) -> bool {
                 std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bf16")
             }
+            Precision::Int8 => super::int8::cpu_has_vnni(),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -151,10 +158,10 @@ pub fn require(precision: Precision) -> crate::error::Result<()> {
                 "{} inference on CPU needs AVX-512F{}, which this CPU lacks; load as f32 (the \
              default)",
                 precision.name(),
-                if precision == Precision::Bf16 {
-                    " and AVX512_BF16"
-                } else {
-                    ""
+                match precision {
+                    Precision::F32 => "",
+                    Precision::Bf16 => " and AVX512_BF16",
+                    Precision::Int8 => " and AVX512-VNNI",
                 }
             )
         },
@@ -177,6 +184,8 @@ pub struct PackedMatrix {
     f32_data: Vec<f32>,
     /// Bf16: panel p is `[k2][16][2]` at `p * k2 * 32`, `k2 = ceil(k / 2)`.
     bf16_data: Vec<u16>,
+    /// Int8: panels `[k4][16][4]` with per-column scales and sums ([`super::int8`]).
+    int8: super::int8::QuantizedWeights,
     /// Bf16 products run on AMX tiles ([`super::amx`]) instead of AVX512_BF16.
     amx: bool,
 }
@@ -206,6 +215,7 @@ impl PackedMatrix {
             precision,
             f32_data: Vec::new(),
             bf16_data: Vec::new(),
+            int8: Default::default(),
             amx: false,
         };
         match precision {
@@ -233,15 +243,17 @@ impl PackedMatrix {
                 m.bf16_data = d;
                 m.amx = super::amx::available() && k2.is_multiple_of(16);
             }
+            Precision::Int8 => m.int8 = super::int8::quantize_weights(flat, n, k),
         }
         Ok(Some(m))
     }
 
-    /// Elements per step of `k` per lane: 1 (f32) or 2 (a bf16 pair).
+    /// Elements per step of `k` per lane: 1 (f32), 2 (a bf16 pair) or 4 (int8).
     fn pair(&self) -> usize {
         match self.precision {
             Precision::F32 => 1,
             Precision::Bf16 => 2,
+            Precision::Int8 => 4,
         }
     }
 
@@ -274,7 +286,10 @@ impl PackedMatrix {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.f32_data.len() * 4 + self.bf16_data.len() * 2
+        self.f32_data.len() * 4
+            + self.bf16_data.len() * 2
+            + self.int8.data.len()
+            + (self.int8.scale.len() + self.int8.colsum.len()) * 4
     }
 
     /// `x W^T` for `x` `[m, k]` (any float dtype on CPU, made contiguous f32): `[m, n]` f32.
@@ -380,8 +395,12 @@ impl PackedMatrix {
             .min((work >> 18).max(1));
         let out = SendPtr(y.as_mut_ptr());
         let xb: Vec<u32> = match self.precision {
-            Precision::F32 => Vec::new(),
+            Precision::F32 | Precision::Int8 => Vec::new(),
             Precision::Bf16 => bf16_pairs(x, m, k),
+        };
+        let xq = match self.precision {
+            Precision::Int8 => Some(super::int8::quantize_rows(x, m, k)),
+            _ => None,
         };
         let run = |t: usize| {
             let (g0, g1) = (t * groups / tasks, (t + 1) * groups / tasks);
@@ -407,7 +426,7 @@ impl PackedMatrix {
             }
             // SAFETY: task t writes only the columns of groups g0..g1 of every row, disjoint
             // from every other task's; `y` outlives the parallel loop.
-            unsafe { self.groups(x, &xb, m, g0, g1, out, epi) };
+            unsafe { self.groups(x, &xb, xq.as_ref(), m, g0, g1, out, epi) };
         };
         if tasks == 1 {
             run(0);
@@ -428,6 +447,7 @@ impl PackedMatrix {
         &self,
         x: &[f32],
         xb: &[u32],
+        xq: Option<&super::int8::QuantizedRows>,
         m: usize,
         g0: usize,
         g1: usize,
@@ -439,9 +459,11 @@ impl PackedMatrix {
             let panels = self.n.div_ceil(LANES);
             // Steps of k per block (f32 values or bf16 pairs): a block of 48 columns of W
             // (48 KB f32, 24 KB bf16) stays in L1 while every row tile of x runs over it.
+            // int8: a step is four values, a block 48 KB as in f32.
             let (ksteps, kc) = match self.precision {
                 Precision::F32 => (self.k, KC),
                 Precision::Bf16 => (self.k.div_ceil(2), KC / 2),
+                Precision::Int8 => (self.k.div_ceil(4), KC),
             };
             // Rows in blocks of MC_ROWS: the `x` slice a block of k reads stays in L2 while
             // the tiles of every column group run over it.
@@ -468,6 +490,7 @@ impl PackedMatrix {
                                 ldy: self.n,
                                 ncols,
                                 first: k0 == 0,
+                                last: k0 + kb == ksteps,
                             };
                             match self.precision {
                                 Precision::F32 => {
@@ -480,6 +503,21 @@ impl PackedMatrix {
                                         self.bf16_data.as_ptr().add((p0 * ksteps + k0) * LANES * 2);
                                     let xp = xb.as_ptr().add(r0 * ksteps + k0);
                                     bf16_tile_dispatch(rows, np, &tile, xp, w, yp);
+                                }
+                                Precision::Int8 => {
+                                    let Some(q) = xq else {
+                                        unreachable!("int8 products quantize x first")
+                                    };
+                                    let w =
+                                        self.int8.data.as_ptr().add((p0 * ksteps + k0) * LANES * 4);
+                                    let xp = q.data.as_ptr().add(r0 * ksteps + k0);
+                                    let d = super::int8::Dequant {
+                                        row_scale: q.scale.as_ptr().add(r0),
+                                        row_zero: q.zero.as_ptr().add(r0),
+                                        col_scale: self.int8.scale.as_ptr().add(col0),
+                                        col_sum: self.int8.colsum.as_ptr().add(col0),
+                                    };
+                                    int8_tile_dispatch(rows, np, &tile, xp, w, yp, &d);
                                 }
                             }
                             r0 += rows;
@@ -495,7 +533,7 @@ impl PackedMatrix {
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (x, xb, m, g0, g1, y, epi);
+            let _ = (x, xb, xq, m, g0, g1, y, epi);
             unreachable!("packed kernels are only built on x86-64");
         }
     }
@@ -669,31 +707,33 @@ mod x86 {
     }
 }
 
-/// One register tile's geometry: `kc` steps of `k` (f32 values or bf16 pairs) from `x` rows
-/// `ldx` apart and weight panels `panel` elements apart, into `ncols` valid columns of `y`
-/// rows `ldy` apart; `first`: the first block of `k` (else add to `y`).
-struct Tile {
-    kc: usize,
+/// One register tile's geometry: `kc` steps of `k` (f32 values, bf16 pairs or int8
+/// quadruples) from `x` rows `ldx` apart and weight panels `panel` elements apart, into
+/// `ncols` valid columns of `y` rows `ldy` apart; `first`: the first block of `k` (else add
+/// to `y`); `last`: the last (int8 scales its i32 sums to f32 there).
+pub(crate) struct Tile {
+    pub(crate) kc: usize,
     /// Prefetch the weights ahead (the first row tile of a block).
-    prefetch: bool,
-    ldx: usize,
-    panel: usize,
-    ldy: usize,
-    ncols: usize,
-    first: bool,
+    pub(crate) prefetch: bool,
+    pub(crate) ldx: usize,
+    pub(crate) panel: usize,
+    pub(crate) ldy: usize,
+    pub(crate) ncols: usize,
+    pub(crate) first: bool,
+    pub(crate) last: bool,
 }
 
 /// Runs tile kernel `$kernel::<R, P>(t, x, w, y)` for `R = rows` (1..=8) and `P = np`
 /// (1..=3): the const parameters the register tiles are unrolled for.
 #[cfg(target_arch = "x86_64")]
 macro_rules! dispatch_tile {
-    ($kernel:ident, $rows:expr, $np:expr, $($arg:expr),*) => {{
+    ($($kernel:ident)::+, $rows:expr, $np:expr, $($arg:expr),*) => {{
         macro_rules! go {
             ($r:literal) => {
                 match $np {
-                    1 => x86::$kernel::<$r, 1>($($arg),*),
-                    2 => x86::$kernel::<$r, 2>($($arg),*),
-                    _ => x86::$kernel::<$r, 3>($($arg),*),
+                    1 => $($kernel)::+::<$r, 1>($($arg),*),
+                    2 => $($kernel)::+::<$r, 2>($($arg),*),
+                    _ => $($kernel)::+::<$r, 3>($($arg),*),
                 }
             };
         }
@@ -720,7 +760,7 @@ unsafe fn f32_tile_dispatch(
     w: *const f32,
     y: *mut f32,
 ) {
-    dispatch_tile!(f32_tile, rows, np, t, x, w, y)
+    dispatch_tile!(x86::f32_tile, rows, np, t, x, w, y)
 }
 
 /// Runs the bf16 tile for `rows` (1..=8) x `np` (1..=3) panels.
@@ -733,7 +773,21 @@ unsafe fn bf16_tile_dispatch(
     w: *const u16,
     y: *mut f32,
 ) {
-    dispatch_tile!(bf16_tile, rows, np, t, x, w, y)
+    dispatch_tile!(x86::bf16_tile, rows, np, t, x, w, y)
+}
+
+/// Runs the int8 tile for `rows` (1..=8) x `np` (1..=3) panels.
+#[cfg(target_arch = "x86_64")]
+unsafe fn int8_tile_dispatch(
+    rows: usize,
+    np: usize,
+    t: &Tile,
+    x: *const u32,
+    w: *const i8,
+    y: *mut f32,
+    d: &super::int8::Dequant,
+) {
+    dispatch_tile!(super::int8::x86::int8_tile, rows, np, t, x, w, y, d)
 }
 
 #[cfg(test)]
@@ -775,7 +829,7 @@ mod tests {
                 // bf16: the reference is the product of the bf16-rounded operands in f32.
                 let (xr, wr) = match precision {
                     Precision::F32 => (x.clone(), w.clone()),
-                    Precision::Bf16 => (bf16_round(&x), bf16_round(&w)),
+                    _ => (bf16_round(&x), bf16_round(&w)),
                 };
                 let want = xr.matmul(&wr.t().unwrap()).unwrap();
                 let d = crate::ops::max_abs_diff(&got, &want);
@@ -835,7 +889,7 @@ mod tests {
     #[test]
     fn epilogue_matches_bias_and_activation_after_the_product() {
         let dev = Device::Cpu;
-        for precision in [Precision::F32, Precision::Bf16] {
+        for precision in [Precision::F32, Precision::Bf16, Precision::Int8] {
             if !available(precision) {
                 continue;
             }
@@ -866,6 +920,69 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The int8 kernel against the same quantized operands multiplied exactly (i64), over
+    /// partial panels, `k` not a multiple of 4, several blocks of `k` and of rows; and
+    /// against the f32 product within the quantization error.
+    #[test]
+    fn int8_products_match_the_exact_product_of_the_quantized_operands() {
+        if !available(Precision::Int8) {
+            eprintln!("skipping: this CPU lacks AVX512-VNNI");
+            return;
+        }
+        let dev = Device::Cpu;
+        for (m, k, n) in [
+            (1, 4, 16),
+            (3, 5, 7),
+            (8, 64, 48),
+            (9, 33, 50),
+            (32, 768, 100),
+            (17, 1100, 49),
+            (130, 96, 33),
+            (200, 1030, 64),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let packed = PackedMatrix::pack(&w, Precision::Int8).unwrap().unwrap();
+            let got: Vec<f32> = packed
+                .matmul(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            let q = super::super::int8::quantize_rows(&xv, m, k);
+            let wq = &packed.int8;
+            let (k4, mut worst) = (k.div_ceil(4), 0f32);
+            for r in 0..m {
+                for j in 0..n {
+                    let mut acc = 0i64;
+                    for kk in 0..k {
+                        let u = (q.data[r * k4 + kk / 4] >> (8 * (kk % 4))) & 0xff;
+                        let (p, lane) = (j / LANES, j % LANES);
+                        let wv = wq.data[p * k4 * 64 + (kk / 4) * 64 + lane * 4 + kk % 4];
+                        acc += (u as i64 - q.zero[r] as i64) * wv as i64;
+                    }
+                    let want = q.scale[r] * wq.scale[j] * acc as f32;
+                    let g = got[r * n + j];
+                    let tol = 1e-5 * (1.0 + want.abs());
+                    assert!(
+                        (g - want).abs() <= tol,
+                        "[{m},{k}]x[{n},{k}] ({r},{j}): {g} vs {want}"
+                    );
+                    worst = worst.max((g - want).abs());
+                }
+            }
+            // Against f32: about sqrt(k) steps of each operand's scale (a loose bound).
+            let exact = x.matmul(&w.t().unwrap()).unwrap();
+            let d = crate::ops::max_abs_diff(&packed.matmul(&x).unwrap(), &exact);
+            assert!(
+                d < 0.1 * (k as f32).sqrt(),
+                "[{m},{k}]x[{n},{k}] against f32: {d}"
+            );
         }
     }
 

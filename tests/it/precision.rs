@@ -1,9 +1,9 @@
 //! CPU kernels chosen at run time: the packed-weight path (AVX-512, used by `from_dir`) against
-//! candle's matmul (a model built from raw weights), and bf16 inference against f32.
+//! candle's matmul (a model built from raw weights), and bf16 / int8 inference against f32.
 
 use crate::common::*;
 use candle_core::{DType, Tensor};
-use elmer::{DecodeOptions, ElmerModel, Error, ExitPolicy, LoadOptions};
+use elmer::{DecodeOptions, ElmerModel, Error, ExitPolicy, LoadOptions, Precision};
 
 /// The reference inputs of fixture `name`: (input ids, mask, decoder input ids).
 fn inputs(name: &str) -> (Tensor, Tensor, Tensor) {
@@ -77,22 +77,69 @@ fn bf16_inference_tracks_f32_or_is_refused() {
         dtype: Some(DType::BF16),
         ..LoadOptions::default()
     };
-    let loaded = ElmerModel::from_dir(model_dir("cg"), &opts);
-    if !LoadOptions::cpu_bf16_supported() {
+    // bf16 keeps 8 bits of mantissa: products off by ~2^-9 relative, sums in f32.
+    reduced_precision_tracks_f32(Precision::Bf16, &opts, "AVX512_BF16", 0.03, 0.9);
+}
+
+#[test]
+fn int8_inference_tracks_f32_or_is_refused() {
+    let opts = LoadOptions {
+        cpu_precision: Some(Precision::Int8),
+        ..LoadOptions::default()
+    };
+    // Weights to 1/254 of each column's range, activations to 1/255 of each row's.
+    reduced_precision_tracks_f32(Precision::Int8, &opts, "AVX512-VNNI", 0.05, 0.9);
+}
+
+#[test]
+fn contradictory_precision_options_are_refused() {
+    let opts = LoadOptions {
+        dtype: Some(DType::BF16),
+        cpu_precision: Some(Precision::Int8),
+        ..LoadOptions::default()
+    };
+    let Err(e) = ElmerModel::from_dir(model_dir("cg"), &opts) else {
+        panic!("bf16 dtype with int8 weights must be refused")
+    };
+    assert!(e.to_string().contains("cpu_precision"), "{e}");
+    let opts = LoadOptions {
+        dtype: Some(DType::F16),
+        cpu_precision: Some(Precision::Int8),
+        ..LoadOptions::default()
+    };
+    assert!(ElmerModel::from_dir(model_dir("cg"), &opts).is_err());
+}
+
+/// Loads fixture `cg` with `opts` (asking for `precision`): refused with an error naming
+/// `instructions` where the CPU lacks them, else its outputs are within `rel` of f32's
+/// (relative to their scale) and at least `agree` of the ids equal f32's.
+fn reduced_precision_tracks_f32(
+    precision: Precision,
+    opts: &LoadOptions,
+    instructions: &str,
+    rel: f32,
+    agree: f64,
+) {
+    let loaded = ElmerModel::from_dir(model_dir("cg"), opts);
+    if !LoadOptions::cpu_supports(precision) {
         let Err(e) = loaded else {
-            panic!("bf16 on a CPU without AVX512_BF16 must be refused")
+            panic!(
+                "{} on a CPU without {instructions} must be refused",
+                precision.name()
+            )
         };
         assert!(matches!(e, Error::Unsupported(_)), "{e}");
-        assert!(e.to_string().contains("AVX512_BF16") || e.to_string().contains("portable"));
+        assert!(e.to_string().contains(instructions) || e.to_string().contains("portable"));
         return;
     }
-    let bf16 = loaded.unwrap();
-    assert_eq!(bf16.dtype(), DType::F32, "activations stay f32");
+    let reduced = loaded.unwrap();
+    assert_eq!(reduced.dtype(), DType::F32, "activations stay f32");
     let f32m = ElmerModel::from_dir(model_dir("cg"), &LoadOptions::default()).unwrap();
     let mut same = 0usize;
     let mut total = 0usize;
-    for ((name, a, ids_a), (_, b, ids_b)) in
-        outputs(&f32m, "cg").into_iter().zip(outputs(&bf16, "cg"))
+    for ((name, a, ids_a), (_, b, ids_b)) in outputs(&f32m, "cg")
+        .into_iter()
+        .zip(outputs(&reduced, "cg"))
     {
         let d = max_abs_diff(&a, &b);
         let scale = a
@@ -102,14 +149,15 @@ fn bf16_inference_tracks_f32_or_is_refused() {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        // bf16 keeps 8 bits of mantissa: products off by ~2^-9 relative, sums in f32.
         assert!(
             d > 0.0,
-            "{name}: bf16 gave exactly the f32 numbers (not in use?)"
+            "{name}: {} gave exactly the f32 numbers (not in use?)",
+            precision.name()
         );
         assert!(
-            d < 0.03 * scale.max(1.0),
-            "{name}: {d} against a scale of {scale}"
+            d < rel * scale.max(1.0),
+            "{} {name}: {d} against a scale of {scale}",
+            precision.name()
         );
         for (ra, rb) in ids_a.iter().zip(&ids_b) {
             total += ra.len();
@@ -117,7 +165,8 @@ fn bf16_inference_tracks_f32_or_is_refused() {
         }
     }
     assert!(
-        same as f64 >= 0.9 * total as f64,
-        "only {same} of {total} ids agree with f32"
+        same as f64 >= agree * total as f64,
+        "{}: only {same} of {total} ids agree with f32",
+        precision.name()
     );
 }

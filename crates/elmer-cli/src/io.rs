@@ -208,6 +208,9 @@ pub enum DtypeArg {
     /// f16 weights and activations throughout: meant for CUDA; on CPU it runs through
     /// candle's f16 kernels, slower than f32 and with f16 rounding everywhere.
     F16,
+    /// CPU only: the dense layers and off-ramps with int8 weights and per-row int8
+    /// activations (AVX512-VNNI; refused without it), the rest in f32.
+    Int8,
 }
 
 /// Load options for `device` and `--dtype`.
@@ -217,7 +220,9 @@ pub fn load_options(device: candle_core::Device, dtype: DtypeArg) -> LoadOptions
             DtypeArg::F32 => None,
             DtypeArg::Bf16 => Some(candle_core::DType::BF16),
             DtypeArg::F16 => Some(candle_core::DType::F16),
+            DtypeArg::Int8 => None,
         },
+        cpu_precision: (dtype == DtypeArg::Int8).then_some(elmer::Precision::Int8),
         ..LoadOptions::on(device)
     }
 }

@@ -99,8 +99,9 @@ pub struct EvalOpts {
     /// elmer_drop_orphan_pieces, else keep.
     #[arg(long, value_enum)]
     pub orphan_pieces: Option<OrphanPiecesArg>,
-    /// Weight precision of the evaluated model on CPU: f32 or bf16 (dense layers and
-    /// off-ramps in bf16 on AMX-BF16 or AVX512_BF16, the rest f32).
+    /// Weight precision of the evaluated model on CPU: f32, bf16 (dense layers and
+    /// off-ramps in bf16 on AMX-BF16 or AVX512_BF16, the rest f32) or int8 (dense layers and
+    /// off-ramps in int8 on AVX512-VNNI, the rest f32).
     #[arg(long, value_enum, default_value_t = io::DtypeArg::F32)]
     pub dtype: io::DtypeArg,
 }

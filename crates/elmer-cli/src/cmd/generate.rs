@@ -37,7 +37,8 @@ pub struct Args {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Weight precision: f32, bf16 (on CPU: dense layers and off-ramps in bf16 on AMX-BF16 or
-    /// AVX512_BF16, the rest f32) or f16 (all of it; meant for CUDA, slower on CPU).
+    /// AVX512_BF16, the rest f32), int8 (CPU: dense layers and off-ramps in int8 on
+    /// AVX512-VNNI, the rest f32) or f16 (all of it; meant for CUDA, slower on CPU).
     #[arg(long, value_enum, default_value_t = io::DtypeArg::F32)]
     pub dtype: io::DtypeArg,
     /// One JSON object per line: text, ids, exit_layers, latency_ms.
