@@ -33,6 +33,22 @@
 //! # Ok::<(), elmer::Error>(())
 //! ```
 //!
+//! On the CPU the dense layers and off-ramps can run in reduced precision, chosen when
+//! loading ([`LoadOptions::cpu_precision`]): int8 on AVX512-VNNI or bf16 on AVX512_BF16 / AMX,
+//! refused with [`Error::Unsupported`] on a CPU without the instructions:
+//!
+//! ```no_run
+//! use elmer::{ElmerModel, LoadOptions, Precision};
+//!
+//! let precision = [Precision::Bf16, Precision::Int8, Precision::F32]
+//!     .into_iter()
+//!     .find(|&p| LoadOptions::cpu_supports(p))
+//!     .unwrap_or(Precision::F32);
+//! let opts = LoadOptions { cpu_precision: Some(precision), ..Default::default() };
+//! let model = ElmerModel::from_dir("models/elmer-small-squadqg", &opts)?;
+//! # Ok::<(), elmer::Error>(())
+//! ```
+//!
 //! On the CPU, call [`limit_pool_spinning`] first thing in `main` (the `elmer` binary does):
 //! it keeps candle's idle pool threads from spinning on cores the crate's kernels need.
 //!

@@ -72,7 +72,9 @@ const MC_ROWS: usize = 128;
 /// Steps of `k` the first row tile prefetches the weights ahead (16 steps: 1 KB a panel).
 pub(crate) const PREFETCH: usize = 16;
 
-/// Storage precision of a packed matrix.
+/// Precision of the CPU inference kernels: how the dense layers and off-ramps are stored
+/// once packed at load time ([`crate::LoadOptions::cpu_precision`], `--dtype`). Activations
+/// and everything outside those products stay f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Precision {
