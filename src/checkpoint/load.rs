@@ -93,7 +93,9 @@ pub struct LoadOptions {
     /// exactly in i32 on AVX512-VNNI (Intel Xeon since Ice Lake, AMD EPYC since Zen 4); a
     /// CPU without it gets [`Error::Unsupported`], as does a non-CPU device or a `dtype`
     /// other than f32 with it. Everything else (attention, layer norm, softmax, the
-    /// embeddings) stays f32. See [`Self::cpu_supports`].
+    /// embeddings) stays f32. See [`Self::cpu_supports`]. Applied by
+    /// [`crate::ElmerModel::from_dir`]; [`load_dir`] returns f32 weights, which
+    /// [`Weights::into_inference_layout_as`] packs in a chosen precision.
     pub cpu_precision: Option<Precision>,
 }
 
@@ -129,11 +131,7 @@ impl LoadOptions {
     /// The packed precision these options ask for on CPU (see [`Self::cpu_precision`]), or
     /// why the combination is invalid.
     pub(crate) fn resolved_cpu_precision(&self) -> Result<Option<Precision>> {
-        let from_dtype = match self.dtype {
-            Some(DType::BF16) => Some(Precision::Bf16),
-            None | Some(DType::F32) => None,
-            Some(_) => None,
-        };
+        let from_dtype = (self.dtype == Some(DType::BF16)).then_some(Precision::Bf16);
         match (self.cpu_precision, from_dtype) {
             (None, p) => Ok(p.filter(|_| self.device.is_cpu())),
             (Some(p), _) if !self.device.is_cpu() => Err(Error::invalid_arg(

@@ -84,13 +84,19 @@ pub(crate) struct QuantizedRows {
     pub(crate) zero: Vec<i32>,
 }
 
-/// One row's scale, its reciprocal and its zero point from the row's extremes.
+/// One row's scale, its reciprocal and its zero point from the row's extremes (`nan`: the
+/// row holds a NaN).
 #[inline]
-fn row_params(lo: f32, hi: f32) -> (f32, f32, i32) {
+fn row_params(lo: f32, hi: f32, nan: bool) -> (f32, f32, i32) {
     let (lo, hi) = (lo.min(0.0), hi.max(0.0));
     let s = (hi - lo) / 255.0;
-    if !(s > 0.0 && s.is_finite()) {
-        // All zeros (or non-finite values): every u is the zero point 0.
+    if nan || !s.is_finite() {
+        // A NaN or infinite input: the row's outputs are NaN (as f32 products would be),
+        // not a finite number computed from the rest of the row.
+        return (f32::NAN, 0.0, 0);
+    }
+    if s == 0.0 {
+        // All zeros: every u is the zero point 0 and every output 0.
         return (0.0, 0.0, 0);
     }
     let inv = 1.0 / s;
@@ -102,7 +108,7 @@ fn row_params(lo: f32, hi: f32) -> (f32, f32, i32) {
 fn quantize_row_scalar(row: &[f32], out: &mut [u32]) -> (f32, i32) {
     let lo = row.iter().fold(f32::INFINITY, |a, &v| a.min(v));
     let hi = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-    let (s, inv, z) = row_params(lo, hi);
+    let (s, inv, z) = row_params(lo, hi, row.iter().any(|v| v.is_nan()));
     out.fill(0);
     for (kk, &v) in row.iter().enumerate() {
         let u = ((v * inv).round_ties_even() as i32 + z).clamp(0, 255) as u32;
@@ -171,12 +177,15 @@ pub(crate) mod x86 {
     pub(super) unsafe fn quantize_row(row: &[f32], out: &mut [u32]) -> (f32, i32) {
         let mut lo = _mm512_setzero_ps();
         let mut hi = _mm512_setzero_ps();
+        let mut nan: u16 = 0;
         for c in row.chunks_exact(LANES) {
             let v = _mm512_loadu_ps(c.as_ptr());
             lo = _mm512_min_ps(lo, v);
             hi = _mm512_max_ps(hi, v);
+            nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
         }
-        let (s, inv, z) = super::row_params(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi));
+        let (s, inv, z) =
+            super::row_params(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi), nan != 0);
         let vinv = _mm512_set1_ps(inv);
         let vz = _mm512_set1_epi32(z);
         let (zero, top) = (_mm512_setzero_si512(), _mm512_set1_epi32(255));
@@ -301,12 +310,20 @@ mod tests {
                 // A positive-only row (zero point 0) and an all-zero one.
                 row.iter_mut().for_each(|v| *v = v.abs());
             }
-            for row in [row.clone(), vec![0.0; k]] {
+            let mut with_nan = row.clone();
+            with_nan[k / 2] = f32::NAN;
+            let mut with_inf = row.clone();
+            with_inf[k - 1] = f32::INFINITY;
+            for row in [row.clone(), vec![0.0; k], with_nan, with_inf] {
                 let mut a = vec![0u32; k / 4];
                 let mut b = vec![0u32; k / 4];
                 let sa = quantize_row_scalar(&row, &mut a);
                 // SAFETY: AVX-512F checked above, k % 16 == 0.
                 let sb = unsafe { x86::quantize_row(&row, &mut b) };
+                if row.iter().any(|v| !v.is_finite()) {
+                    assert!(sa.0.is_nan() && sb.0.is_nan(), "k {k}: a non-finite row");
+                    continue;
+                }
                 assert_eq!(sa, sb, "k {k}");
                 assert_eq!(a, b, "k {k}");
             }

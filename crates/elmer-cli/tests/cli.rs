@@ -1815,7 +1815,7 @@ fn shipped_generations(env: &[(&str, &str)], extra: &[&str]) -> Output {
 }
 
 #[test]
-fn the_portable_kernels_give_the_same_text_and_bf16_is_refused_without_them() {
+fn the_portable_kernels_give_the_same_text_and_reduced_precision_is_refused_without_them() {
     let ids = |o: &Output| -> Vec<(Value, Value)> {
         stdout(o)
             .lines()
@@ -1836,22 +1836,28 @@ fn the_portable_kernels_give_the_same_text_and_bf16_is_refused_without_them() {
         ids(&portable),
         "packed and candle kernels disagree"
     );
-    // bf16 needs the packed kernels: refused in one line when they are off.
-    let e = fails(shipped_generations(
-        &[("ELMER_CPU_KERNELS", "portable")],
-        &["--dtype", "bf16"],
-    ));
-    assert!(e.contains("bf16") && e.contains("portable"), "{e}");
-    // With them (a CPU with AVX512_BF16) it runs and stays close to f32; elsewhere it is
-    // refused naming the instructions.
-    let o = shipped_generations(&[], &["--dtype", "bf16"]);
-    if o.status.success() {
-        let (a, b) = (ids(&fast), ids(&o));
-        assert_eq!(a.len(), b.len());
-        let same = a.iter().zip(&b).filter(|(x, y)| x.0 == y.0).count();
-        assert!(same >= 2, "bf16 changed {} of 3 outputs", 3 - same);
-    } else {
-        let e = fails(o);
-        assert!(e.contains("AVX512_BF16"), "{e}");
+    for (dtype, instructions) in [("bf16", "AVX512_BF16"), ("int8", "AVX512-VNNI")] {
+        // Reduced precision needs the packed kernels: refused in one line when they are
+        // off (naming the instructions instead on a CPU that lacks them anyway).
+        let e = fails(shipped_generations(
+            &[("ELMER_CPU_KERNELS", "portable")],
+            &["--dtype", dtype],
+        ));
+        assert!(
+            e.contains(dtype) && (e.contains("portable") || e.contains(instructions)),
+            "{e}"
+        );
+        // With them (a CPU with the instructions) it runs and stays close to f32;
+        // elsewhere it is refused naming the instructions.
+        let o = shipped_generations(&[], &["--dtype", dtype]);
+        if o.status.success() {
+            let (a, b) = (ids(&fast), ids(&o));
+            assert_eq!(a.len(), b.len());
+            let same = a.iter().zip(&b).filter(|(x, y)| x.0 == y.0).count();
+            assert!(same >= 2, "{dtype} changed {} of 3 outputs", 3 - same);
+        } else {
+            let e = fails(o);
+            assert!(e.contains(instructions), "{e}");
+        }
     }
 }
