@@ -95,11 +95,12 @@ fn row_params(lo: f32, hi: f32, nan: bool) -> (f32, f32, i32) {
         // not a finite number computed from the rest of the row.
         return (f32::NAN, 0.0, 0);
     }
-    if s == 0.0 {
-        // All zeros: every u is the zero point 0 and every output 0.
+    let inv = 1.0 / s;
+    if s == 0.0 || !inv.is_finite() {
+        // All zeros (or values so small that 1 / s overflows): every u is the zero point 0
+        // and every output 0.
         return (0.0, 0.0, 0);
     }
-    let inv = 1.0 / s;
     let z = (-lo * inv).round_ties_even().clamp(0.0, 255.0) as i32;
     (s, inv, z)
 }
