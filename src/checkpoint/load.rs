@@ -113,11 +113,10 @@ impl Default for LoadOptions {
 }
 
 impl LoadOptions {
-    /// Whether this CPU runs bf16 inference (`dtype: Some(DType::BF16)` on CPU): it has
-    /// AVX-512F and AVX512_BF16 (checked at run time) and `ELMER_CPU_KERNELS` is not
-    /// `portable`.
+    /// Whether this CPU runs bf16 inference (`dtype: Some(DType::BF16)` on CPU): the same as
+    /// [`Self::cpu_supports`]`(Precision::Bf16)`.
     pub fn cpu_bf16_supported() -> bool {
-        crate::ops::packed::available(Precision::Bf16)
+        Self::cpu_supports(Precision::Bf16)
     }
 
     /// Whether this CPU runs inference in `precision` (`cpu_precision: Some(precision)`):
@@ -134,6 +133,8 @@ impl LoadOptions {
         let from_dtype = (self.dtype == Some(DType::BF16)).then_some(Precision::Bf16);
         match (self.cpu_precision, from_dtype) {
             (None, p) => Ok(p.filter(|_| self.device.is_cpu())),
+            // f32 is the default on every device: nothing to check.
+            (Some(Precision::F32), None) => Ok(None),
             (Some(p), _) if !self.device.is_cpu() => Err(Error::invalid_arg(
                 "cpu_precision",
                 format!(
@@ -156,7 +157,6 @@ impl LoadOptions {
                     ),
                 ))
             }
-            (Some(Precision::F32), _) => Ok(None),
             (Some(p), _) => Ok(Some(p)),
         }
     }

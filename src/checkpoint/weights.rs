@@ -99,7 +99,7 @@ impl Weights {
     /// weights and the off-ramps' vocabulary projection stored in `dtype`: `F32`, or `BF16`
     /// (CPU mixed precision, what `LoadOptions { dtype: Some(BF16), .. }` gives
     /// [`crate::ElmerModel::from_dir`]: needs AVX512_BF16, see
-    /// [`crate::LoadOptions::cpu_bf16_supported`]). Weights must be f32. A model built from
+    /// [`crate::LoadOptions::cpu_supports`]). Weights must be f32. A model built from
     /// the result keeps the packed copies of the dense layers, not their tensors.
     pub fn into_inference_layout_with(self, dtype: DType) -> Result<Self> {
         match dtype {
